@@ -1,0 +1,1 @@
+"""clusterprobe's command line: a thin typer layer over library calls."""

@@ -1,0 +1,40 @@
+"""Shared pieces of the command-line layer: clean error reporting and option parsing."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from clusterprobe.errors import ClusterprobeError
+
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable)
+
+
+def friendly_errors(function: F) -> F:
+    """Print a :class:`ClusterprobeError` as one paragraph (no traceback) and exit with code 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except ClusterprobeError as error:
+            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: finished chunks/epochs are kept; run the same command again to resume.")
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """Parse a comma-separated option ("H,P0,Z") into a list; None stays None."""
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return items or None

@@ -1,0 +1,367 @@
+"""Feature banks: per-layer feature matrices of one data set split, stored on disk.
+
+On-disk format (a directory)::
+
+    bank/
+      meta.json            provenance: checkpoint, data set, split, layers and dims, settings
+      H.npy, P0.npy, ...   float32, shape (n, dim), rows in data set order (memory-mappable)
+      labels.npy           int64, shape (n,)            (when the data set has labels)
+      coarse_labels.npy    int64, shape (n,)            (when known, e.g. CIFAR-100 super-classes)
+
+A bank is written into ``bank.partial/`` beside its final place and renamed when complete, so a
+directory named ``bank`` is always a finished bank. :class:`BankWriter` streams rows into the
+partial directory chunk by chunk and records finished chunks, so an interrupted extraction
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .errors import FeatureBankError, LayerError, NonFiniteFeaturesError, closest_name
+from .io import atomic_write_json, read_json, replace_directory
+
+BANK_FORMAT = "clusterprobe.feature_bank"
+BANK_FORMAT_VERSION = 1
+_LAYER_FILE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _layer_filename(layer: str) -> str:
+    if not _LAYER_FILE.match(layer) or layer in {"labels", "coarse_labels", "meta"}:
+        raise LayerError(
+            f"Layer name {layer!r} cannot be stored in a feature bank: use letters, digits, "
+            "'_', '-' and '.', and not the reserved names labels, coarse_labels or meta."
+        )
+    return f"{layer}.npy"
+
+
+def _library_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+class FeatureBank:
+    """Read access to a feature bank directory; arrays are memory-mapped lazily.
+
+    >>> bank = FeatureBank.open("runs/resa/features/test/epoch_0010")  # doctest: +SKIP
+    >>> bank.layers, bank.n, bank.dims
+    (['H', 'P0', 'P1', 'Z'], 10000, {'H': 512, 'P0': 2048, 'P1': 2048, 'Z': 512})
+    >>> X = bank["H"]            # np.memmap of shape (n, 512), float32, read-only
+    >>> y = bank.labels          # np.ndarray of shape (n,), int64, or None
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: dict):
+        self.path = Path(path)
+        self.meta = meta
+        self._cache: dict[str, np.ndarray] = {}
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "FeatureBank":
+        """Open a finished bank directory. Raises :class:`FeatureBankError` if there is none."""
+        path = Path(path)
+        meta_path = path / "meta.json"
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")
+            hint = (
+                f" An unfinished extraction is in {partial}; run the same extraction again to "
+                "resume it."
+                if partial.exists()
+                else ""
+            )
+            raise FeatureBankError(f"No feature bank at {path}: the directory does not exist.{hint}")
+        if not meta_path.exists():
+            raise FeatureBankError(
+                f"{path} is not a feature bank: it has no meta.json. Banks are made by "
+                "`clusterprobe extract` or FeatureBank.write()."
+            )
+        meta = read_json(meta_path)
+        if meta.get("format") != BANK_FORMAT:
+            raise FeatureBankError(f"{meta_path} does not describe a clusterprobe feature bank.")
+        if meta.get("format_version", 0) > BANK_FORMAT_VERSION:
+            raise FeatureBankError(
+                f"{path} was written by a newer clusterprobe (bank format "
+                f"{meta['format_version']}); upgrade clusterprobe to read it."
+            )
+        return cls(path, meta)
+
+    @classmethod
+    def write(
+        cls,
+        path: str | os.PathLike,
+        features: Mapping[str, np.ndarray],
+        labels: np.ndarray | None = None,
+        coarse_labels: np.ndarray | None = None,
+        meta: Mapping | None = None,
+        overwrite: bool = False,
+    ) -> "FeatureBank":
+        """Write in-memory arrays as a bank (atomically) and return it opened.
+
+        ``features`` maps layer names to arrays of shape (n, dim); ``labels`` and
+        ``coarse_labels`` have shape (n,). ``meta`` adds provenance keys (``dataset``,
+        ``checkpoint``, ...) to the generated ``meta.json``.
+        """
+        if not features:
+            raise FeatureBankError("A feature bank needs at least one layer of features.")
+        arrays = {name: np.asarray(x) for name, x in features.items()}
+        n = {x.shape[0] for x in arrays.values()}
+        if len(n) != 1 or any(x.ndim != 2 for x in arrays.values()):
+            shapes = {k: v.shape for k, v in arrays.items()}
+            raise FeatureBankError(f"All layers must be 2-D with the same number of rows; got {shapes}.")
+        (n,) = n
+        for label_name, values in (("labels", labels), ("coarse_labels", coarse_labels)):
+            if values is not None and np.asarray(values).shape != (n,):
+                raise FeatureBankError(
+                    f"{label_name} has shape {np.asarray(values).shape}, expected ({n},)."
+                )
+        dims = {k: int(v.shape[1]) for k, v in arrays.items()}
+        writer = BankWriter(
+            path,
+            n=n,
+            dims=dims,
+            has_labels=labels is not None,
+            has_coarse_labels=coarse_labels is not None,
+            fingerprint=None,
+            overwrite=overwrite,
+        )
+        writer.write_rows(
+            0,
+            arrays,
+            labels=None if labels is None else np.asarray(labels),
+            coarse_labels=None if coarse_labels is None else np.asarray(coarse_labels),
+        )
+        return writer.finalize(dict(meta or {}))
+
+    # -- contents ----------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in the order they were requested at extraction."""
+        return list(self.meta["layer_order"])
+
+    @property
+    def n(self) -> int:
+        """Number of samples (rows)."""
+        return int(self.meta["n"])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {name: int(info["dim"]) for name, info in self.meta["layers"].items()}
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        return self._array("labels") if self.meta.get("labels") else None
+
+    @property
+    def coarse_labels(self) -> np.ndarray | None:
+        return self._array("coarse_labels") if self.meta.get("coarse_labels") else None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.meta.get("class_names")
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.meta.get("num_classes") is not None:
+            return int(self.meta["num_classes"])
+        labels = self.labels
+        return None if labels is None else int(np.unique(labels).size)
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            file = self.path / f"{name}.npy"
+            if not file.exists():
+                raise FeatureBankError(f"Feature bank {self.path} is incomplete: {file.name} is missing.")
+            self._cache[name] = np.load(file, mmap_mode="r")
+        return self._cache[name]
+
+    def __getitem__(self, layer: str) -> np.ndarray:
+        """Features of one layer, shape (n, dim), float32, memory-mapped read-only."""
+        if layer not in self.meta["layers"]:
+            raise LayerError(
+                f"Layer {layer!r} is not in the feature bank at {self.path}; it holds "
+                f"{', '.join(self.layers)}.{closest_name(layer, self.layers)}"
+            )
+        return self._array(layer)
+
+    def __contains__(self, layer: object) -> bool:
+        return layer in self.meta["layers"]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def features(self, layer: str, normalize: bool = False, dtype=np.float32) -> np.ndarray:
+        """Features of ``layer`` loaded into memory, optionally L2-normalised row-wise."""
+        x = np.asarray(self[layer], dtype=dtype)
+        if normalize:
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            x = x / np.maximum(norms, np.finfo(dtype).tiny)
+        return x
+
+    def check_finite(self, layers: Iterable[str] | None = None) -> None:
+        """Raise :class:`NonFiniteFeaturesError` naming each layer holding NaN or inf values."""
+        problems = []
+        for layer in layers or self.layers:
+            x = self[layer]
+            count = int(x.size - np.isfinite(x).sum())
+            if count:
+                problems.append(f"{layer}: {count} values")
+        if problems:
+            raise NonFiniteFeaturesError(
+                f"Feature bank {self.path} holds non-finite (NaN/inf) features in "
+                f"{'; '.join(problems)}. Re-extract from a healthy checkpoint."
+            )
+
+    def __repr__(self) -> str:
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        dataset = self.meta.get("dataset", {})
+        where = f"{dataset.get('name', '?')}/{dataset.get('split', '?')}"
+        return f"FeatureBank({str(self.path)!r}, n={self.n}, {where}, layers: {dims})"
+
+
+class BankWriter:
+    """Streams rows of every layer into ``<path>.partial/`` and renames it to ``path`` at the end.
+
+    ``fingerprint`` identifies what is being extracted (checkpoint hash, layers, data set,
+    split, transform). A partial directory with the same fingerprint is resumed: the chunks it
+    marked done are not recomputed. With another fingerprint it is discarded.
+
+    Several processes may write disjoint rows of one bank (distributed extraction): one creates
+    the writer with ``create=True``, the others attach with ``create=False`` after a barrier.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n: int,
+        dims: Mapping[str, int],
+        has_labels: bool,
+        has_coarse_labels: bool,
+        fingerprint: str | None,
+        overwrite: bool = False,
+        create: bool = True,
+    ):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.n = int(n)
+        self.dims = {k: int(v) for k, v in dims.items()}
+        self.has_labels = has_labels
+        self.has_coarse_labels = has_coarse_labels
+        self.fingerprint = fingerprint
+        self.overwrite = overwrite
+        self.files = {layer: _layer_filename(layer) for layer in self.dims}
+        if create:
+            self._prepare()
+        self._arrays = self._open_arrays()
+
+    def _spec(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "n": self.n,
+            "dims": self.dims,
+            "labels": self.has_labels,
+            "coarse_labels": self.has_coarse_labels,
+        }
+
+    def _prepare(self) -> None:
+        if self.path.exists() and not self.overwrite:
+            raise FeatureBankError(
+                f"{self.path} already exists and holds a different feature bank (or something "
+                "else). Choose another output directory, or pass overwrite=True (--overwrite) "
+                "to replace it."
+            )
+        spec_file = self.partial / "writer.json"
+        if self.partial.exists() and self.fingerprint is not None and spec_file.exists():
+            try:
+                if read_json(spec_file) == self._spec():
+                    return  # resume
+            except ValueError:
+                pass
+        if self.partial.exists():
+            shutil.rmtree(self.partial)
+        (self.partial / "done").mkdir(parents=True)
+        for layer, file in self.files.items():
+            np.lib.format.open_memmap(
+                self.partial / file, mode="w+", dtype=np.float32, shape=(self.n, self.dims[layer])
+            ).flush()
+        for name, present in (("labels", self.has_labels), ("coarse_labels", self.has_coarse_labels)):
+            if present:
+                np.lib.format.open_memmap(
+                    self.partial / f"{name}.npy", mode="w+", dtype=np.int64, shape=(self.n,)
+                ).flush()
+        atomic_write_json(spec_file, self._spec())
+
+    def _open_arrays(self) -> dict[str, np.memmap]:
+        arrays = {layer: np.load(self.partial / file, mmap_mode="r+") for layer, file in self.files.items()}
+        for name, present in (("labels", self.has_labels), ("coarse_labels", self.has_coarse_labels)):
+            if present:
+                arrays[f"__{name}"] = np.load(self.partial / f"{name}.npy", mmap_mode="r+")
+        return arrays
+
+    # -- chunks ------------------------------------------------------------------------------
+    def chunk_done(self, chunk_id: int) -> bool:
+        return (self.partial / "done" / f"{chunk_id:08d}").exists()
+
+    def completed_chunks(self) -> set[int]:
+        return {int(p.name) for p in (self.partial / "done").iterdir() if p.name.isdigit()}
+
+    def mark_done(self, chunk_id: int) -> None:
+        """Flush everything written so far, then record ``chunk_id`` as complete."""
+        for array in self._arrays.values():
+            array.flush()
+        (self.partial / "done" / f"{chunk_id:08d}").touch()
+
+    def write_rows(
+        self,
+        start: int,
+        features: Mapping[str, np.ndarray],
+        labels: np.ndarray | None = None,
+        coarse_labels: np.ndarray | None = None,
+    ) -> None:
+        """Write rows ``start : start + len`` of each layer (and the labels)."""
+        for layer, values in features.items():
+            stop = start + len(values)
+            self._arrays[layer][start:stop] = values
+        if labels is not None:
+            self._arrays["__labels"][start : start + len(labels)] = labels
+        if coarse_labels is not None:
+            self._arrays["__coarse_labels"][start : start + len(coarse_labels)] = coarse_labels
+
+    # -- finishing ---------------------------------------------------------------------------
+    def finalize(self, meta: Mapping) -> FeatureBank:
+        """Write ``meta.json`` and move the finished bank into place."""
+        for array in self._arrays.values():
+            array.flush()
+        self._arrays.clear()
+        full_meta = {
+            "format": BANK_FORMAT,
+            "format_version": BANK_FORMAT_VERSION,
+            "library_version": _library_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "n": self.n,
+            "fingerprint": self.fingerprint,
+            "layer_order": list(self.dims),
+        }
+        full_meta.update(meta)
+        layer_info = dict(meta.get("layers", {}))
+        full_meta["layers"] = {
+            layer: {**layer_info.get(layer, {}), "dim": dim, "file": self.files[layer]}
+            for layer, dim in self.dims.items()
+        }
+        full_meta["labels"] = self.has_labels
+        full_meta["coarse_labels"] = self.has_coarse_labels
+        shutil.rmtree(self.partial / "done", ignore_errors=True)
+        (self.partial / "writer.json").unlink(missing_ok=True)
+        atomic_write_json(self.partial / "meta.json", full_meta)
+        replace_directory(self.partial, self.path)
+        return FeatureBank.open(self.path)

@@ -1,0 +1,323 @@
+"""Data sets for extraction and training, each with its evaluation transform.
+
+Known data sets (:data:`DATASETS`):
+
+- ``cifar10`` / ``cifar100``: torchvision's on-disk format (``cifar-10-batches-py/`` under the
+  root; downloaded only with ``download=True``) or an ImageFolder tree ``root/<split>/<class>/``.
+  CIFAR-100 also carries its 20 super-class ("coarse") labels.
+- ``imagefolder``: any ``root/<class>/*.jpg`` tree (or ``root/<split>/<class>/``).
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 real images, shipped with
+  scikit-learn, no files needed): the embedded default. Split deterministically, stratified,
+  75 % train / 25 % test (seed 0).
+
+The evaluation transform is ``ToTensor`` + the data set's ``Normalize`` with no augmentation.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import datasets as tv_datasets
+from torchvision import transforms as T
+
+from .errors import DatasetError, closest_name
+
+DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")
+SPLITS = ("train", "test")
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Pixel statistics of scikit-learn's digits scaled to [0, 1] (all 1,797 images).
+DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)
+
+#: CIFAR-100's 20 super-classes (index order of the data set's coarse labels) and their members.
+CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
+    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
+    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
+    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
+    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
+    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
+    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
+    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
+    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
+    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
+    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
+    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
+    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
+    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
+    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
+    "people": ("baby", "boy", "girl", "man", "woman"),
+    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
+    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
+    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
+    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
+    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
+}
+CIFAR100_COARSE_OF = {
+    fine: coarse for coarse, members in enumerate(CIFAR100_SUPERCLASSES.values()) for fine in members
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the toolkit needs to know about a data set."""
+
+    name: str
+    num_classes: int
+    image_size: int | None
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+class ArrayImages:
+    """Indexable PIL view of a uint8 array of images, shape (n, H, W) or (n, H, W, C)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return Image.fromarray(self.array[index])  # 2-D -> "L", (H, W, 3) -> "RGB"
+
+
+class FolderImages:
+    """Indexable RGB PIL view of a torchvision ImageFolder's files."""
+
+    def __init__(self, folder: tv_datasets.ImageFolder):
+        self.folder = folder
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, index: int) -> Image.Image:
+        return self.folder.loader(self.folder.samples[index][0]).convert("RGB")
+
+
+class LabeledImageDataset(Dataset):
+    """A data set of (image tensor, label) pairs with labels available up front.
+
+    Attributes:
+        targets: int64 array of shape (n,), the class of each sample in order.
+        coarse_targets: int64 array of shape (n,) (CIFAR-100 super-classes) or None.
+        classes: class names. coarse_classes: super-class names or None.
+        info: :class:`DatasetInfo`. description: plain provenance for feature banks.
+    """
+
+    def __init__(
+        self,
+        images: Sequence | Dataset,
+        targets: np.ndarray,
+        classes: Sequence[str],
+        info: DatasetInfo,
+        description: dict[str, Any],
+        transform: Callable | None = None,
+        coarse_targets: np.ndarray | None = None,
+        coarse_classes: Sequence[str] | None = None,
+    ):
+        self._images = images
+        self.targets = np.asarray(targets, dtype=np.int64)
+        self.coarse_targets = None if coarse_targets is None else np.asarray(coarse_targets, dtype=np.int64)
+        self.classes = list(classes)
+        self.coarse_classes = None if coarse_classes is None else list(coarse_classes)
+        self.info = info
+        self.description = description
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def image(self, index: int) -> Image.Image:
+        """The untransformed PIL image of sample ``index``."""
+        return self._images[index]
+
+    def __getitem__(self, index: int):
+        image = self.image(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.targets[index])
+
+    def with_transform(self, transform: Callable | None) -> "LabeledImageDataset":
+        """A view of the same samples with another transform (e.g. training views)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.transform = transform
+        return clone
+
+
+def eval_transform(info: DatasetInfo, resize: int | None = None) -> Callable:
+    """ToTensor + Normalize (after Resize + CenterCrop when ``resize`` is given)."""
+    steps: list = []
+    if resize:
+        steps += [T.Resize(resize), T.CenterCrop(resize)]
+    steps += [T.ToTensor(), T.Normalize(info.mean, info.std)]
+    return T.Compose(steps)
+
+
+def describe_transform(transform: Callable | None) -> str:
+    return "none" if transform is None else " ".join(repr(transform).split())
+
+
+# ---------------------------------------------------------------------------------------------
+def load_dataset(
+    name: str = "digits",
+    root: str | os.PathLike | None = None,
+    split: str = "train",
+    transform: Callable | str | None = "eval",
+    download: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    image_size: int | None = None,
+) -> LabeledImageDataset:
+    """Load a data set split with its evaluation transform (``transform="eval"``), another
+    callable, or none (``transform=None``: PIL images).
+
+    ``mean``/``std``/``image_size`` apply to ``imagefolder`` (defaults: ImageNet statistics, no
+    resize); for the others they override the data set's own values.
+
+    Raises:
+        DatasetError: unknown name or split, or the data set is not under ``root``.
+    """
+    if name not in DATASETS:
+        raise DatasetError(
+            f"Unknown data set {name!r}; known: {', '.join(DATASETS)}.{closest_name(name, DATASETS)}"
+        )
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; use 'train' or 'test'.")
+    if name == "digits":
+        dataset = _digits(split)
+    else:
+        if root is None:
+            raise DatasetError(
+                f"Data set {name!r} needs a root directory (--data-root): where torchvision's files "
+                "are (or should be downloaded to), or an ImageFolder tree."
+            )
+        root = Path(root).expanduser()
+        if name == "imagefolder":
+            dataset = _imagefolder(root, split, mean, std, image_size)
+        else:
+            dataset = _cifar(name, root, split, download)
+    if (mean or std or image_size) and name != "imagefolder":
+        info = dataset.info
+        dataset.info = DatasetInfo(info.name, info.num_classes, image_size or info.image_size,
+                                   info.channels, tuple(mean or info.mean), tuple(std or info.std))
+    if transform == "eval":
+        transform = eval_transform(dataset.info, resize=image_size)
+    dataset.transform = transform
+    dataset.description.update(
+        {"split": split, "num_classes": dataset.info.num_classes, "n": len(dataset),
+         "transform": describe_transform(transform), "info": asdict(dataset.info)}
+    )
+    return dataset
+
+
+def _digits(split: str) -> LabeledImageDataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    indices = np.arange(len(digits.target))
+    train_idx, test_idx = train_test_split(
+        indices, test_size=0.25, stratify=digits.target, random_state=0
+    )
+    chosen = np.sort(train_idx if split == "train" else test_idx)
+    pixels = np.clip(np.rint(digits.images[chosen] * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    images = ArrayImages(pixels)
+    info = DatasetInfo("digits", 10, 8, 1, DIGITS_MEAN, DIGITS_STD)
+    return LabeledImageDataset(
+        images, digits.target[chosen], [str(i) for i in range(10)], info,
+        {"name": "digits", "root": None, "source": "sklearn.datasets.load_digits",
+         "indices": "stratified 75/25 split, seed 0"},
+    )
+
+
+def _class_tree(path: Path) -> bool:
+    return path.is_dir() and any(child.is_dir() for child in path.iterdir())
+
+
+def _from_image_folder(folder: tv_datasets.ImageFolder, info: DatasetInfo, description: dict,
+                       coarse: np.ndarray | None = None, coarse_classes=None) -> LabeledImageDataset:
+    return LabeledImageDataset(
+        FolderImages(folder), np.asarray(folder.targets), folder.classes, info, description,
+        coarse_targets=coarse, coarse_classes=coarse_classes,
+    )
+
+
+def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageDataset:
+    folder_root = root / split if _class_tree(root / split) else root
+    if not _class_tree(folder_root):
+        raise DatasetError(
+            f"No image folder at {root}: expected class sub-directories ({root}/<class>/*.jpg or "
+            f"{root}/{split}/<class>/*.jpg)."
+        )
+    folder = tv_datasets.ImageFolder(str(folder_root))
+    info = DatasetInfo("imagefolder", len(folder.classes), image_size, 3,
+                       tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
+    return _from_image_folder(folder, info, {"name": "imagefolder", "root": str(folder_root.resolve())})
+
+
+def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDataset:
+    is_100 = name == "cifar100"
+    num_classes = 100 if is_100 else 10
+    mean, std = (CIFAR100_MEAN, CIFAR100_STD) if is_100 else (CIFAR10_MEAN, CIFAR10_STD)
+    info = DatasetInfo(name, num_classes, 32, 3, mean, std)
+    description = {"name": name}
+    # ImageFolder layout: root/<split>/<class>/ (as in shared CIFAR-10 copies).
+    if _class_tree(root / split):
+        folder = tv_datasets.ImageFolder(str(root / split))
+        if len(folder.classes) != num_classes:
+            raise DatasetError(
+                f"{root / split} has {len(folder.classes)} class folders; {name} has {num_classes}."
+            )
+        coarse = coarse_classes = None
+        if is_100:
+            unknown = [c for c in folder.classes if c not in CIFAR100_COARSE_OF]
+            if unknown:
+                raise DatasetError(f"{root / split} has class folders that are not CIFAR-100 classes: {unknown[:5]}.")
+            coarse = np.array([CIFAR100_COARSE_OF[folder.classes[t]] for t in folder.targets])
+            coarse_classes = list(CIFAR100_SUPERCLASSES)
+        description.update(root=str((root / split).resolve()), layout="imagefolder")
+        return _from_image_folder(folder, info, description, coarse, coarse_classes)
+    cls = tv_datasets.CIFAR100 if is_100 else tv_datasets.CIFAR10
+    try:
+        base = cls(str(root), train=split == "train", download=download)
+    except RuntimeError as error:
+        folder = "cifar-100-python" if is_100 else "cifar-10-batches-py"
+        raise DatasetError(
+            f"No {name} data under {root}: expected torchvision's {folder}/ there or an "
+            f"ImageFolder tree {root}/{split}/<class>/. Pass download=True (--download) to fetch "
+            f"it, or point the root (--data-root) at the data. ({error})"
+        ) from None
+    description.update(root=str(root.resolve()), layout="torchvision")
+    images = ArrayImages(base.data)
+    coarse = coarse_classes = None
+    if is_100:
+        with open(Path(base.root) / base.base_folder / ("train" if split == "train" else "test"), "rb") as f:
+            entry = pickle.load(f, encoding="latin1")  # the same file torchvision just read
+        coarse = np.asarray(entry["coarse_labels"], dtype=np.int64)
+        coarse_classes = list(CIFAR100_SUPERCLASSES)
+    return LabeledImageDataset(images, np.asarray(base.targets), base.classes, info, description,
+                               coarse_targets=coarse, coarse_classes=coarse_classes)
+
+
+def default_data_root() -> Path | None:
+    """The CIFAR-10 root named by the ``CLUSTERPROBE_CIFAR10`` environment variable, if set."""
+    value = os.environ.get("CLUSTERPROBE_CIFAR10")
+    return Path(value) if value else None
+
+
+def collate_images(batch):
+    """Default collate (kept explicit so DataLoader workers pickle a module-level function)."""
+    images, labels = zip(*batch)
+    return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)

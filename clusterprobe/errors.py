@@ -1,0 +1,55 @@
+"""Exceptions raised by clusterprobe.
+
+Every error a user can trigger with bad input derives from :class:`ClusterprobeError`, so a
+notebook can catch them all at once and the command line can print them as one clear paragraph
+(without a traceback) that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class ClusterprobeError(Exception):
+    """Base class of the errors caused by bad input, with a message naming problem and fix."""
+
+
+class CheckpointError(ClusterprobeError):
+    """A checkpoint file is missing, corrupt, of an unknown format or unsafe to load."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint needs full unpickling, which can run arbitrary code; pass ``trust=True``."""
+
+
+class ArchitectureMismatchError(CheckpointError):
+    """The weights do not fit the architecture that was built for them."""
+
+
+class LayerError(ClusterprobeError, KeyError):
+    """A requested layer does not exist in the model or bank."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(ClusterprobeError):
+    """A data set is unknown or not present at the given root."""
+
+
+class FeatureBankError(ClusterprobeError):
+    """A feature bank on disk is missing, incomplete or different from what was asked for."""
+
+
+class NonFiniteFeaturesError(ClusterprobeError, ValueError):
+    """Captured or supplied features contain NaN or infinite values."""
+
+
+def closest_name(name: str, candidates) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    if not matches:
+        lowered = {c.lower(): c for c in candidates}
+        if name.lower() in lowered:
+            matches = [lowered[name.lower()]]
+    return f" Did you mean '{matches[0]}'?" if matches else ""

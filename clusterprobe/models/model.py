@@ -1,0 +1,210 @@
+"""The joint-embedding model: encoder -> H, projector -> P0, P1, ..., Z, optional predictor.
+
+Layer names (see :class:`LayerSpec`):
+
+- ``H``: the encoder output after global average pooling (the backbone's output).
+- ``P0``, ``P1``, ...: the projector's hidden blocks, tapped after the activation by default
+  (``pre_activation=True`` taps the BatchNorm output just before it).
+- ``Z``: the projector output, the embedding the loss sees, *before* any L2 normalisation the
+  loss applies (for ReSA: after the final affine-free BatchNorm).
+- any dotted module path, e.g. ``backbone.layer3``; 4-D outputs are average-pooled to vectors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ClusterprobeError, LayerError, closest_name
+from .backbones import ResNetBackbone, backbone_out_dim
+from .heads import build_sequential, head_dims, hidden_taps, mlp_description
+
+_HIDDEN = re.compile(r"^P(\d+)$")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model's architecture; plain data only (checkpoint-safe).
+
+    ``projector`` and ``predictor`` are layer descriptions (see
+    :func:`clusterprobe.models.heads.mlp_description`); None means no such head.
+    """
+
+    backbone: str = "resnet18"
+    width: int = 64
+    cifar_stem: bool = True
+    stem_padding: int = 1
+    in_channels: int = 3
+    projector: list[dict] | None = None
+    predictor: list[dict] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ClusterprobeError(
+                f"Model config has unknown fields {sorted(unknown)}; known fields: {sorted(known)}."
+            )
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """Where a named layer is tapped: the output of ``module`` (a path inside :class:`SSLModel`).
+
+    ``pool`` average-pools 4-D (B, C, H, W) outputs over space; ``pre_activation`` records that a
+    hidden projector layer was tapped before its activation.
+    """
+
+    name: str
+    module: str
+    pool: bool = True
+    pre_activation: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SSLModel(nn.Module):
+    """Encoder (``backbone``) + optional ``projector`` + optional ``predictor``.
+
+    ``forward(x)`` returns Z (or H when there is no projector): shape (batch, dim). Use
+    :meth:`encode`, :meth:`project` and :meth:`predict` for the individual stages.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = ResNetBackbone(
+            config.backbone,
+            width=config.width,
+            cifar_stem=config.cifar_stem,
+            stem_padding=config.stem_padding,
+            in_channels=config.in_channels,
+        )
+        self.projector = build_sequential(config.projector) if config.projector else None
+        self.predictor = build_sequential(config.predictor) if config.predictor else None
+        if self.projector is not None:
+            d_in, _ = head_dims(config.projector)
+            if d_in != self.backbone.out_dim:
+                raise ClusterprobeError(
+                    f"The projector expects {d_in}-d input but the {config.backbone} backbone of "
+                    f"width {config.width} gives {self.backbone.out_dim}-d H."
+                )
+
+    # -- stages ------------------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int:
+        """Dimension of H."""
+        return self.backbone.out_dim
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimension of Z (of H when there is no projector)."""
+        return head_dims(self.config.projector)[1] if self.projector is not None else self.feature_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> H (B, feature_dim)."""
+        return self.backbone(x)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """H (B, feature_dim) -> Z (B, embedding_dim)."""
+        if self.projector is None:
+            raise LayerError("This model has no projector, so it has no Z.")
+        return self.projector(h)
+
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        if self.predictor is None:
+            raise LayerError("This model has no predictor.")
+        return self.predictor(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encode(x)
+        return self.project(h) if self.projector is not None else h
+
+    # -- layers ------------------------------------------------------------------------------
+    def hidden_layer_count(self) -> int:
+        return len(hidden_taps(self.config.projector)) if self.projector is not None else 0
+
+    def layer_names(self) -> list[str]:
+        """The named layers this model offers: H, P0 ... P(n-1), Z (without a projector, H only)."""
+        names = ["H"]
+        if self.projector is not None:
+            names += [f"P{i}" for i in range(self.hidden_layer_count())] + ["Z"]
+        return names
+
+    def resolve_layer(self, name: str, pre_activation: bool = False) -> LayerSpec:
+        """Turn a layer name (H, P<i>, Z or a module path) into a :class:`LayerSpec`."""
+        name = name.strip()
+        if name == "H":
+            return LayerSpec("H", "backbone")
+        if name == "Z" or _HIDDEN.match(name):
+            if self.projector is None:
+                raise LayerError(
+                    f"Layer {name} needs a projector, but this model is an encoder only (for "
+                    "example a plain torchvision state dict): only H and backbone module paths "
+                    "such as backbone.layer4 can be extracted."
+                )
+            if name == "Z":
+                return LayerSpec("Z", "projector")
+            index = int(_HIDDEN.match(name).group(1))
+            taps = hidden_taps(self.config.projector, pre_activation=pre_activation)
+            if index >= len(taps):
+                raise LayerError(
+                    f"Layer {name} does not exist: the projector has {len(taps)} hidden "
+                    f"layer(s); available layers: {', '.join(self.layer_names())}."
+                )
+            return LayerSpec(name, f"projector.{taps[index]}", pre_activation=pre_activation)
+        modules = dict(self.named_modules())
+        if name in modules and name:
+            return LayerSpec(name, name)
+        suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 1]
+        raise LayerError(
+            f"Unknown layer {name!r}. This model offers {', '.join(self.layer_names())}, or any "
+            f"module path such as backbone.layer3.{closest_name(name, suggestions)}"
+        )
+
+
+def resa_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 512) -> list[dict]:
+    """ReSA's CIFAR projector: in-2048-2048-512 with BN/ReLU and a final affine-free BN."""
+    return mlp_description([in_dim, hidden_dim, hidden_dim, out_dim], last_batch_norm=True)
+
+
+def build_model(
+    backbone: str = "resnet18",
+    width: int = 64,
+    cifar_stem: bool = True,
+    stem_padding: int = 1,
+    in_channels: int = 3,
+    projector_dims: Sequence[int] | None = (2048, 2048, 512),
+    projector_last_batch_norm: bool = True,
+    predictor_dims: Sequence[int] | None = None,
+) -> SSLModel:
+    """Build an :class:`SSLModel` from sizes.
+
+    ``projector_dims`` lists the hidden sizes and the output size (the input is H's size);
+    the default is ReSA's 2048-2048-512 with a final affine-free BN. ``predictor_dims`` likewise
+    (input Z), e.g. ``(2048, 512)`` for ReSA's ImageNet predictor. None leaves a head out.
+
+    >>> build_model("resnet18", width=16, projector_dims=(256, 256, 64)).layer_names()
+    ['H', 'P0', 'P1', 'Z']
+    """
+    out_dim = backbone_out_dim(backbone, width)
+    config = ModelConfig(backbone=backbone, width=width, cifar_stem=cifar_stem,
+                         stem_padding=stem_padding, in_channels=in_channels)
+    if projector_dims:
+        config.projector = mlp_description([out_dim, *projector_dims],
+                                           last_batch_norm=projector_last_batch_norm)
+    if predictor_dims:
+        z_dim = int(projector_dims[-1]) if projector_dims else out_dim
+        config.predictor = mlp_description([z_dim, *predictor_dims])
+    return SSLModel(config)
