@@ -142,6 +142,16 @@ class SSLModel(nn.Module):
             names += [f"P{i}" for i in range(self.hidden_layer_count())] + ["Z"]
         return names
 
+    def layer_dims(self) -> dict[str, int]:
+        """Dimension of each named layer (H, P0, ..., Z), read from the architecture."""
+        dims = {"H": self.feature_dim}
+        if self.projector is not None:
+            for i, tap in enumerate(hidden_taps(self.config.projector)):
+                before = self.config.projector[tap - 1]
+                dims[f"P{i}"] = int(before["dim"] if before["type"] == "batchnorm" else before["out"])
+            dims["Z"] = self.embedding_dim
+        return dims
+
     def resolve_layer(self, name: str, pre_activation: bool = False) -> LayerSpec:
         """Turn a layer name (H, P<i>, Z or a module path) into a :class:`LayerSpec`."""
         name = name.strip()
@@ -161,7 +171,8 @@ class SSLModel(nn.Module):
             if index >= len(taps):
                 raise LayerError(
                     f"Layer {name} does not exist: the projector has {len(taps)} hidden "
-                    f"layer(s); available layers: {', '.join(self.layer_names())}."
+                    f"layer(s), so this model offers {', '.join(self.layer_names())}."
+                    f"{closest_name(name, self.layer_names())}"
                 )
             return LayerSpec(name, f"projector.{taps[index]}", pre_activation=pre_activation)
         modules = dict(self.named_modules())

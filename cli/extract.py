@@ -1,0 +1,81 @@
+"""``clusterprobe extract`` and ``clusterprobe layers``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .common import friendly_errors, split_list
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract)
+    app.command("layers")(layers)
+
+
+@friendly_errors
+def extract(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint: clusterprobe .pt, solo-learn .ckpt (args.json beside it) or a plain state dict."),
+    layers: str = typer.Option("H,P0,P1,Z", "--layers", "-l", help="Comma-separated layer names (H, P0, P1, Z) or module paths (backbone.layer3)."),
+    dataset: str = typer.Option("digits", "--dataset", "-d", help="cifar10, cifar100, digits (embedded, no files) or imagefolder."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data set directory (torchvision files or an ImageFolder tree)."),
+    split: str = typer.Option("test", "--split", help="train or test."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bank directory (default: <run>/features/<split>/<epoch> beside the checkpoint)."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
+    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    momentum: Optional[bool] = typer.Option(None, "--momentum/--online", help="Take the momentum (EMA) or online branch (default: the checkpoint's own choice)."),
+    trust: bool = typer.Option(False, "--trust", help="Allow full unpickling of the checkpoint (runs code from the file: trusted files only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different bank already at --out."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR if it is not under --data-root."),
+    pre_activation: bool = typer.Option(False, "--pre-activation", help="Tap P0, P1, ... before the activation instead of after it."),
+    args_json: Optional[Path] = typer.Option(None, "--args-json", help="solo-learn's args.json, if not beside the checkpoint."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize + center-crop images to this size (imagefolder)."),
+) -> None:
+    """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
+    from clusterprobe.checkpoints import load_checkpoint
+    from clusterprobe.data import load_dataset
+    from clusterprobe.extract import default_bank_path, extract_features
+
+    loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
+    data = load_dataset(dataset, root=data_root, split=split, download=download, image_size=image_size)
+    target = out or default_bank_path(loaded, dataset, split)
+    bank = extract_features(
+        loaded, data, target, layers=split_list(layers) or [], batch_size=batch_size, device=device,
+        num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation,
+    )
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items())
+        typer.echo(f"wrote {bank.n} samples ({dims}) to {bank.path}")
+
+
+@friendly_errors
+def layers(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file."),
+    momentum: Optional[bool] = typer.Option(None, "--momentum/--online"),
+    trust: bool = typer.Option(False, "--trust", help="Allow full unpickling (trusted files only)."),
+    args_json: Optional[Path] = typer.Option(None, "--args-json"),
+) -> None:
+    """List the layers a checkpoint offers (H, P0, ..., Z with their dims and modules)."""
+    from clusterprobe.checkpoints import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
+    model = loaded.model
+    typer.echo(f"{checkpoint}: {loaded.format} checkpoint, {loaded.branch} branch"
+               + (f", epoch {loaded.epoch}" if loaded.epoch is not None else "")
+               + (f", method {loaded.method}" if loaded.method else ""))
+    table = Table()
+    table.add_column("layer")
+    table.add_column("dim", justify="right")
+    table.add_column("module")
+    for name, dim in model.layer_dims().items():
+        table.add_row(name, str(dim), model.resolve_layer(name).module)
+    Console().print(table)
+    stages = ", ".join(f"backbone.{n}" for n, _ in model.backbone.named_children() if n.startswith("layer"))
+    typer.echo(f"Any module path is a layer too, e.g. {stages}.")

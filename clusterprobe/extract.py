@@ -1,0 +1,343 @@
+"""Feature extraction: one forward pass per batch captures every requested layer into a bank.
+
+Each requested layer (H, P0, P1, Z or a module path) is captured by a forward hook on its module;
+the model runs in ``eval()`` mode under ``torch.inference_mode()``, so BatchNorm statistics are
+never touched. Rows stream to a :class:`~clusterprobe.bank.BankWriter` chunk by chunk: an
+interrupted extraction resumes from its finished chunks. Under ``torchrun`` each process takes
+every ``world_size``-th chunk of the same bank, and the result equals the single-process one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .bank import FeatureBank, BankWriter
+from .checkpoints import LoadedCheckpoint, load_checkpoint
+from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
+from .io import fingerprint, read_json
+from .models import LayerSpec, SSLModel
+
+DEFAULT_LAYERS = ("H", "P0", "P1", "Z")
+
+
+class LayerCapture:
+    """Context manager that records the outputs of the given layers during a forward pass.
+
+    >>> with LayerCapture(model, [model.resolve_layer("H"), model.resolve_layer("Z")]) as capture:
+    ...     model(images)                                           # doctest: +SKIP
+    >>> capture.outputs["H"].shape                                   # doctest: +SKIP
+    torch.Size([batch, 512])
+
+    Outputs are detached float32 copies (torchvision's in-place ReLU would otherwise change a
+    captured tensor after the hook); 4-D maps are average-pooled over space when ``spec.pool``.
+    """
+
+    def __init__(self, model: nn.Module, specs: Sequence[LayerSpec]):
+        self.model = model
+        self.specs = list(specs)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list = []
+
+    def _hook(self, spec: LayerSpec):
+        def hook(_module, _inputs, output):
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            value = output.detach()
+            if value.ndim == 4 and spec.pool:
+                value = value.float().mean(dim=(2, 3))  # a new tensor: safe from in-place ops
+            else:
+                value = value.flatten(1).float().clone()
+            self.outputs[spec.name] = value
+
+        return hook
+
+    def __enter__(self) -> "LayerCapture":
+        modules = dict(self.model.named_modules())
+        for spec in self.specs:
+            self._handles.append(modules[spec.module].register_forward_hook(self._hook(spec)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward ``images`` and return {layer name: (batch, dim) tensor} for every spec."""
+        self.outputs = {}
+        self.model(images)
+        missing = [s.name for s in self.specs if s.name not in self.outputs]
+        if missing:
+            raise LayerError(f"Layers {missing} were not reached by the model's forward pass.")
+        return {s.name: self.outputs[s.name] for s in self.specs}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> the CUDA device when one is present (the local rank's under torchrun), else CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ClusterprobeError("CUDA was requested (--device cuda) but no GPU is available; use --device cpu.")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers (identity in a single process)
+def _distributed_context(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call initialised the process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _all_reduce_counts(counts: dict[str, int], world: int, device: torch.device) -> dict[str, int]:
+    if world == 1:
+        return counts
+    import torch.distributed as dist
+
+    names = sorted(counts)
+    tensor = torch.tensor([counts[n] for n in names], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor)
+    return dict(zip(names, tensor.tolist()))
+
+
+# ---------------------------------------------------------------------------------------------
+def _as_model(source) -> tuple[SSLModel, dict[str, Any]]:
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint(source)
+    if isinstance(source, LoadedCheckpoint):
+        return source.model, source.provenance()
+    if isinstance(source, SSLModel):
+        return source, {"path": None, "format": "in-memory model", "weights_sha256": state_hash(source),
+                        "model_config": source.config.to_dict()}
+    raise TypeError(f"Expected a checkpoint path, LoadedCheckpoint or SSLModel, got {type(source).__name__}.")
+
+
+def state_hash(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names and tensor bytes): identifies in-memory weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _dataset_description(dataset: Dataset) -> dict[str, Any]:
+    description = dict(getattr(dataset, "description", {}) or {})
+    description.setdefault("name", type(dataset).__name__)
+    description.setdefault("n", len(dataset))
+    return description
+
+
+def extract_features(
+    source: str | os.PathLike | LoadedCheckpoint | SSLModel,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    layers: Iterable[str] = DEFAULT_LAYERS,
+    batch_size: int = 256,
+    device: str | torch.device = "auto",
+    num_workers: int = 0,
+    overwrite: bool = False,
+    pre_activation: bool = False,
+    chunk_batches: int | None = None,
+    check_finite: bool = True,
+    progress: bool = True,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> FeatureBank:
+    """Run ``dataset`` through the model once and write the requested layers to a bank at ``out``.
+
+    Args:
+        source: checkpoint path, :class:`LoadedCheckpoint` or :class:`SSLModel`.
+        dataset: yields ``(image tensor, label)``; ``LabeledImageDataset`` also supplies coarse
+            labels, class names and provenance.
+        out: bank directory. If it already holds the same bank (same checkpoint, layers, data
+            and transform), it is returned without recomputation; a different bank is refused
+            unless ``overwrite``.
+        layers: names such as ``H``, ``P0``, ``P1``, ``Z`` or module paths (``backbone.layer3``).
+        pre_activation: tap P_i before the activation instead of after it.
+        chunk_batches: batches per resumable chunk (default: about 8,192 rows a chunk).
+        check_finite: refuse to write features holding NaN/inf (the error names layer and count).
+
+    Returns:
+        The finished :class:`FeatureBank` (rows in data set order). Under torchrun every rank
+        returns it.
+    """
+    model, checkpoint_info = _as_model(source)
+    layers = [layer.strip() for layer in layers if layer.strip()]
+    if not layers:
+        raise LayerError(f"No layers requested; this model offers {', '.join(model.layer_names())}.")
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"Layers requested twice: {layers}.")
+    specs = [model.resolve_layer(name, pre_activation=pre_activation) for name in layers]
+    if batch_size < 1:
+        raise ClusterprobeError(f"batch_size must be at least 1, got {batch_size}.")
+    n = len(dataset)
+    if n == 0:
+        raise ClusterprobeError("The data set is empty: there is nothing to extract.")
+
+    device = resolve_device(device)
+    rank, world, owns_group = _distributed_context(device)
+    model = model.to(device).eval()
+    out = Path(out)
+    description = _dataset_description(dataset)
+    settings = {
+        "checkpoint": {k: checkpoint_info.get(k) for k in ("sha256", "branch", "path")}
+        if checkpoint_info.get("sha256")
+        else checkpoint_info,
+        "layers": [s.to_dict() for s in specs],
+        "dataset": description,
+    }
+    key = fingerprint(settings)
+    try:
+        if (out / "meta.json").exists() and not overwrite:
+            existing = read_json(out / "meta.json")
+            if existing.get("fingerprint") == key:
+                return FeatureBank.open(out)
+            raise FeatureBankError(
+                f"{out} already holds a different feature bank (made from "
+                f"{existing.get('checkpoint', {}).get('path')}, layers "
+                f"{existing.get('layer_order')}, {existing.get('dataset', {}).get('name')}/"
+                f"{existing.get('dataset', {}).get('split')}). Choose another --out, or pass "
+                "--overwrite (overwrite=True) to replace it."
+            )
+
+        with torch.inference_mode(), LayerCapture(model, specs) as capture:
+            first, _ = dataset[0]
+            dims = {name: int(v.shape[1]) for name, v in capture.run(first.unsqueeze(0).to(device)).items()}
+
+        coarse = getattr(dataset, "coarse_targets", None)
+        writer_args = dict(n=n, dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
+                           fingerprint=key, overwrite=overwrite)
+        if rank == 0:
+            writer = BankWriter(out, create=True, **writer_args)
+        _barrier(world)
+        if rank != 0:
+            writer = BankWriter(out, create=False, **writer_args)
+
+        chunk = batch_size * (chunk_batches or max(1, math.ceil(8192 / batch_size)))
+        n_chunks = math.ceil(n / chunk)
+        mine = [c for c in range(n_chunks) if c % world == rank and not writer.chunk_done(c)]
+        indices = [i for c in mine for i in range(c * chunk, min(n, (c + 1) * chunk))]
+        nonfinite = {name: 0 for name in layers}
+        if indices:
+            _extract_chunks(model, specs, dataset, writer, mine, indices, chunk, n, batch_size,
+                            device, num_workers, coarse, nonfinite, progress and rank == 0)
+        nonfinite = _all_reduce_counts(nonfinite, world, device)
+        bad = {name: count for name, count in nonfinite.items() if count}
+        if check_finite and bad:
+            _barrier(world)
+            if rank == 0:
+                import shutil
+
+                shutil.rmtree(writer.partial, ignore_errors=True)
+            raise NonFiniteFeaturesError(
+                "The model produced non-finite (NaN/inf) features: "
+                + ", ".join(f"layer {name}: {count} values" for name, count in bad.items())
+                + ". No bank was written. The checkpoint may come from a diverged run; try an "
+                "earlier epoch, or pass check_finite=False to write the features anyway."
+            )
+        _barrier(world)
+        if rank == 0:
+            meta = {
+                "layers": {s.name: s.to_dict() for s in specs},
+                "dataset": description,
+                "num_classes": description.get("num_classes"),
+                "class_names": getattr(dataset, "classes", None),
+                "coarse_class_names": getattr(dataset, "coarse_classes", None),
+                "checkpoint": checkpoint_info,
+                "extraction": {"batch_size": batch_size, "device": str(device), "world_size": world,
+                               "model_mode": "eval", "pre_activation": pre_activation},
+                **dict(extra_meta or {}),
+            }
+            writer.finalize(meta)
+        _barrier(world)
+        return FeatureBank.open(out)
+    finally:
+        if owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _extract_chunks(model, specs, dataset, writer, chunks, indices, chunk, n, batch_size, device,
+                    num_workers, coarse, nonfinite, show_progress) -> None:
+    """Forward the pending chunks, write their rows, mark each chunk done when complete."""
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(indices), unit="img", unit_scale=True, desc="extract", dynamic_ncols=True)
+    chunk_iter = iter(chunks)
+    current = next(chunk_iter)
+    chunk_end = min(n, (current + 1) * chunk)
+    position = indices[0]
+    with torch.inference_mode(), LayerCapture(model, specs) as capture:
+        for images, labels in loader:
+            outputs = capture.run(images.to(device, non_blocking=True))
+            rows = {}
+            for name, value in outputs.items():
+                nonfinite[name] += int((~torch.isfinite(value)).sum())
+                rows[name] = value.cpu().numpy()
+            stop = position + len(labels)
+            writer.write_rows(
+                position, rows, labels=labels.numpy(),
+                coarse_labels=None if coarse is None else np.asarray(coarse[position:stop]),
+            )
+            if bar is not None:
+                bar.update(len(labels))
+            position = stop
+            if position >= chunk_end:  # batches never straddle chunks: chunk % batch_size == 0
+                writer.mark_done(current)
+                current = next(chunk_iter, None)
+                if current is not None:
+                    position = current * chunk
+                    chunk_end = min(n, (current + 1) * chunk)
+    if bar is not None:
+        bar.close()
+
+
+def default_bank_path(checkpoint: LoadedCheckpoint, dataset_name: str, split: str) -> Path:
+    """Where a checkpoint's bank goes by default.
+
+    For a run directory's ``<run>/checkpoints/epoch_0010.pt``: ``<run>/features/<split>/epoch_0010``
+    (``<run>/features/<dataset>-<split>/...`` for a data set other than the run's). Elsewhere:
+    ``<checkpoint folder>/features/<checkpoint name>/<dataset>-<split>``.
+    """
+    path = checkpoint.path
+    if path.parent.name == "checkpoints":
+        run_dir = path.parent.parent
+        same = checkpoint.dataset in (None, dataset_name)
+        return run_dir / "features" / (split if same else f"{dataset_name}-{split}") / path.stem
+    return path.parent / "features" / path.stem / f"{dataset_name}-{split}"

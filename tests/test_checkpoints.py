@@ -1,0 +1,155 @@
+import argparse
+import json
+
+import pytest
+import torch
+import torchvision
+
+from clusterprobe import load_checkpoint, save_checkpoint
+from clusterprobe.errors import ArchitectureMismatchError, CheckpointError, UnsafeCheckpointError, LayerError
+
+X1 = torch.randn(6, 1, 8, 8)
+X3 = torch.randn(6, 3, 8, 8)
+
+
+def same_outputs(a, b, x):
+    with torch.no_grad():
+        torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=0, atol=0)
+
+
+def test_own_checkpoint_round_trip_with_branches(own_checkpoint):
+    path, online, momentum = own_checkpoint
+    loaded = load_checkpoint(path)
+    assert loaded.format == "clusterprobe" and loaded.branch == "momentum"  # recorded default
+    assert (loaded.epoch, loaded.step, loaded.method, loaded.dataset) == (3, 30, "resa", "digits")
+    same_outputs(loaded.model, momentum, X1)
+    same_outputs(load_checkpoint(path, momentum=False).model, online, X1)
+    assert len(loaded.sha256) == 64 and not loaded.model.training
+
+
+def test_own_checkpoint_without_momentum_branch(tmp_path, model):
+    path = save_checkpoint(tmp_path / "c.pt", model, epoch=1, method="simclr")
+    assert load_checkpoint(path).branch == "online"
+    with pytest.raises(CheckpointError, match="no momentum branch"):
+        load_checkpoint(path, momentum=True)
+
+
+def test_solo_learn_checkpoint(solo_checkpoint):
+    path, online, momentum = solo_checkpoint
+    loaded = load_checkpoint(path)
+    assert (loaded.format, loaded.method, loaded.dataset, loaded.epoch) == ("solo-learn", "vicreg", "cifar10", 7)
+    assert loaded.model.backbone.conv1.padding == (2, 2)  # solo-learn's CIFAR stem
+    assert loaded.model.layer_dims() == {"H": 64, "P0": 64, "P1": 64, "Z": 32}
+    same_outputs(loaded.model, online, X3)
+    same_outputs(load_checkpoint(path, momentum=True).model, momentum, X3)
+
+
+def test_solo_learn_flat_args_json_and_prefixes(tmp_path, solo_checkpoint):
+    path, online, _ = solo_checkpoint
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"] = {f"module._orig_mod.{k}": v for k, v in raw["state_dict"].items()}
+    (tmp_path / "flat").mkdir()
+    torch.save(raw, tmp_path / "flat" / "x-ep=2.ckpt")
+    (tmp_path / "flat" / "args.json").write_text(json.dumps(
+        {"method": "vicreg", "backbone": "resnet18", "dataset": "cifar100", "proj_output_dim": 32}))
+    loaded = load_checkpoint(tmp_path / "flat" / "x-ep=2.ckpt")
+    assert loaded.epoch == 2 and loaded.dataset == "cifar100"
+    same_outputs(loaded.model, online, X3)
+
+
+def test_solo_learn_args_that_do_not_match_the_weights_name_the_keys(solo_checkpoint):
+    path, _, _ = solo_checkpoint
+    args = json.loads((path.parent / "args.json").read_text())
+    args["backbone"]["name"] = "resnet34"
+    (path.parent / "args.json").write_text(json.dumps(args))
+    with pytest.raises(ArchitectureMismatchError) as error:
+        load_checkpoint(path)
+    assert "missing keys: backbone.layer1.2.bn1.bias" in str(error.value)
+
+
+def test_plain_torchvision_state_dict_gives_h_only(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, tmp_path / "r18.pth")
+    loaded = load_checkpoint(tmp_path / "r18.pth")
+    assert loaded.format == "state-dict" and loaded.model.layer_names() == ["H"]
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), reference(x))
+    with pytest.raises(LayerError, match="encoder only"):
+        loaded.model.resolve_layer("P0")
+
+
+def test_missing_and_unexpected_keys_are_listed(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    raw = torch.load(path, weights_only=True)
+    del raw["momentum_state_dict"]["projector.4.running_var"]
+    raw["momentum_state_dict"]["projector.9.weight"] = torch.zeros(3)
+    torch.save(raw, tmp_path / "broken.pt")
+    with pytest.raises(ArchitectureMismatchError) as error:
+        load_checkpoint(tmp_path / "broken.pt")
+    message = str(error.value)
+    assert "missing keys: projector.4.running_var" in message and "unexpected keys: projector.9.weight" in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="neither a PyTorch zip archive nor a pickle"):
+        load_checkpoint(tmp_path / "notes.txt")
+
+
+def test_truncated_checkpoint(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty"):
+        load_checkpoint(tmp_path / "empty.pt")
+
+
+def test_unknown_format_names_the_known_ones(tmp_path):
+    torch.save({"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}, tmp_path / "linear.pt")
+    with pytest.raises(CheckpointError, match="unknown format.*solo-learn"):
+        load_checkpoint(tmp_path / "linear.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="not a dict of weights"):
+        load_checkpoint(tmp_path / "list.pt")
+
+
+def test_pickled_objects_are_refused_unless_trusted(solo_checkpoint):
+    path, online, _ = solo_checkpoint
+    raw = torch.load(path, weights_only=True)
+    raw["hyper_parameters"] = argparse.Namespace(lr=0.1)
+    torch.save(raw, path)
+    with pytest.raises(UnsafeCheckpointError, match="trust=True"):
+        load_checkpoint(path)
+    same_outputs(load_checkpoint(path, trust=True).model, online, X3)
+
+
+def test_solo_learn_checkpoint_needs_its_args_json(solo_checkpoint):
+    path, _, _ = solo_checkpoint
+    (path.parent / "args.json").unlink()
+    with pytest.raises(CheckpointError, match="args.json"):
+        load_checkpoint(path)
+
+
+def test_save_is_atomic_when_writing_fails(own_checkpoint, model, monkeypatch):
+    path, _, momentum = own_checkpoint
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, model, epoch=4)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind

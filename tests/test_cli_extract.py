@@ -1,0 +1,35 @@
+import numpy as np
+from typer.testing import CliRunner
+
+from cli.main import app
+from clusterprobe import FeatureBank
+
+runner = CliRunner()
+
+
+def test_layers_lists_names_dims_and_modules(own_checkpoint):
+    path, _, _ = own_checkpoint
+    result = runner.invoke(app, ["layers", str(path)])
+    assert result.exit_code == 0, result.output
+    for row in ("H", "64", "projector.2", "projector.5", "Z", "32", "momentum branch, epoch 3", "backbone.layer3"):
+        assert row in result.output
+
+
+def test_extract_writes_the_run_bank_by_default(own_checkpoint):
+    path, _, _ = own_checkpoint
+    result = runner.invoke(app, ["extract", str(path), "--layers", "H,Z", "--dataset", "digits", "--split", "test"])
+    assert result.exit_code == 0, result.output
+    bank = FeatureBank.open(path.parent.parent / "features" / "test" / "epoch_0003")
+    assert bank.layers == ["H", "Z"] and bank.n == 450 and "wrote 450 samples" in result.output
+    assert np.isfinite(bank["Z"]).all()
+
+
+def test_cli_errors_are_one_clean_paragraph(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    result = runner.invoke(app, ["extract", str(path), "--layers", "H,Q", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert "Unknown layer 'Q'" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["extract", str(tmp_path / "missing.pt")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+    result = runner.invoke(app, ["extract", str(path), "--dataset", "cifar10", "--data-root", str(tmp_path)])
+    assert result.exit_code == 1 and "--download" in result.output

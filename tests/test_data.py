@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clusterprobe.data import (CIFAR100_COARSE_OF, CIFAR100_SUPERCLASSES, DIGITS_MEAN, DIGITS_STD,
+                               load_dataset)
+from clusterprobe.errors import DatasetError
+
+
+def test_digits_is_a_stratified_deterministic_split_of_the_real_set():
+    from sklearn.datasets import load_digits
+
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    assert (len(train), len(test)) == (1347, 450)
+    digits = load_digits()
+    # stratified: each class keeps its share (25 %) in the test split
+    assert np.all(np.abs(np.bincount(test.targets) - 0.25 * np.bincount(digits.target)) <= 1)
+    assert np.array_equal(load_dataset("digits", split="test").targets, test.targets)
+    # The pixels are scikit-learn's own, rescaled from 0..16, normalised by the set's statistics.
+    image, label = test[0]
+    assert image.shape == (1, 8, 8) and label == test.targets[0]
+    raw = (image * DIGITS_STD[0] + DIGITS_MEAN[0]) * 16
+    matches = np.abs(digits.images - raw.numpy()[0]).max(axis=(1, 2)) < 0.05
+    assert matches.any() and digits.target[np.argmax(matches)] == label
+
+
+def test_digits_statistics_are_the_data_set_statistics():
+    train = load_dataset("digits", split="train", transform=None)
+    pixels = np.stack([np.asarray(train.image(i), dtype=np.float64) / 255 for i in range(len(train))])
+    assert abs(pixels.mean() - DIGITS_MEAN[0]) < 0.01 and abs(pixels.std() - DIGITS_STD[0]) < 0.01
+
+
+def test_cifar10_image_folder_layout(cifar10):
+    test = load_dataset("cifar10", root=cifar10, split="test")
+    assert len(test) == 10000 and test.classes[0] == "airplane"
+    image, label = test[0]
+    assert image.shape == (3, 32, 32) and label == 0
+    assert -2.5 < float(image.mean()) < 2.5 and test.description["layout"] == "imagefolder"
+
+
+def test_cifar100_coarse_labels_from_an_image_folder(tmp_path):
+    names = sorted(CIFAR100_COARSE_OF)
+    for name in names:
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "test" / name / "0.png")
+    data = load_dataset("cifar100", root=tmp_path, split="test")
+    assert len(data) == 100 and data.coarse_classes[0] == "aquatic_mammals"
+    beaver, tractor = data.classes.index("beaver"), data.classes.index("tractor")
+    assert data.coarse_targets[beaver] == 0 and data.coarse_targets[tractor] == 19
+    assert np.bincount(data.coarse_targets).tolist() == [5] * 20
+
+
+def test_cifar100_superclass_table_is_complete():
+    assert len(CIFAR100_SUPERCLASSES) == 20 and len(CIFAR100_COARSE_OF) == 100
+    assert all(len(members) == 5 for members in CIFAR100_SUPERCLASSES.values())
+
+
+def test_imagefolder_with_resize(tmp_path):
+    for label, color in (("a", 0), ("b", 255)):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (40, 30), (color, color, color)).save(tmp_path / label / f"{i}.jpg")
+    data = load_dataset("imagefolder", root=tmp_path, image_size=16)
+    assert len(data) == 6 and data.classes == ["a", "b"] and data[0][0].shape == (3, 16, 16)
+
+
+def test_missing_data_root_says_how_to_fix_it(tmp_path):
+    with pytest.raises(DatasetError, match="No cifar10 data under.*--download"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+    with pytest.raises(DatasetError, match="needs a root directory"):
+        load_dataset("cifar100")
+    with pytest.raises(DatasetError, match="No image folder"):
+        load_dataset("imagefolder", root=tmp_path)
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(DatasetError, match="Did you mean 'cifar10'"):
+        load_dataset("cifar-10")
+    with pytest.raises(DatasetError, match="'train' or 'test'"):
+        load_dataset("digits", split="val")

@@ -1,0 +1,142 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from clusterprobe import FeatureBank, load_checkpoint
+from clusterprobe.data import load_dataset
+from clusterprobe.errors import FeatureBankError, LayerError, NonFiniteFeaturesError
+from clusterprobe.extract import extract_features
+
+from conftest import REPO
+
+
+def plain_forward(model, dataset):
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        h = model.encode(x)
+        return h.numpy(), model.project(h).numpy()
+
+
+def test_own_checkpoint_bank_matches_a_plain_forward(own_checkpoint, tmp_path):
+    path, _, momentum = own_checkpoint
+    data = load_dataset("digits", split="test")
+    bank = extract_features(path, data, tmp_path / "bank", batch_size=100, progress=False)
+    assert bank.layers == ["H", "P0", "P1", "Z"]
+    assert bank.dims == {"H": 64, "P0": 64, "P1": 64, "Z": 32} and bank.n == 450
+    h, z = plain_forward(momentum, data)  # the recorded default branch is the momentum one
+    np.testing.assert_allclose(bank["H"], h, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(bank["Z"], z, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(bank.labels, data.targets)
+    assert bank["H"].dtype == np.float32 and isinstance(bank["H"], np.memmap)
+    meta = bank.meta
+    assert meta["checkpoint"]["epoch"] == 3 and meta["checkpoint"]["sha256"] == load_checkpoint(path).sha256
+    assert meta["dataset"]["name"] == "digits" and meta["dataset"]["split"] == "test"
+    assert "Normalize" in meta["dataset"]["transform"] and meta["class_names"][0] == "0"
+
+
+def test_solo_learn_bank_on_cifar10_images(solo_checkpoint, cifar10, tmp_path):
+    path, online, _ = solo_checkpoint
+    data = load_dataset("cifar10", root=cifar10, split="test")
+    subset_indices = np.arange(0, len(data), 100)  # 100 images, 10 per class
+    data.targets = data.targets[subset_indices]
+    data._images = [data.image(int(i)) for i in subset_indices]
+    bank = extract_features(path, data, tmp_path / "bank", batch_size=32, progress=False)
+    assert bank.dims == {"H": 64, "P0": 64, "P1": 64, "Z": 32} and bank.n == 100
+    h, z = plain_forward(online, data)
+    np.testing.assert_allclose(bank["H"], h, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(bank["Z"], z, atol=1e-6, rtol=0)
+    assert bank.meta["checkpoint"]["format"] == "solo-learn"
+    assert sorted(np.bincount(bank.labels)) == [10] * 10
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """Wraps a data set, counts reads and can fail after a number of them (an interruption)."""
+
+    def __init__(self, base, fail_after=None):
+        self.base, self.fail_after, self.reads = base, fail_after, 0
+        self.targets, self.description = base.targets, dict(base.description)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, index):
+        if self.fail_after is not None and self.reads >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.reads += 1
+        return self.base[index]
+
+
+def test_interrupted_extraction_resumes_from_finished_chunks(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    base = load_dataset("digits", split="test")
+    reference = extract_features(path, base, tmp_path / "reference", batch_size=50, progress=False)
+    flaky = CountingDataset(base, fail_after=230)  # 4 chunks of 100 rows: dies inside chunk 2
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(path, flaky, tmp_path / "bank", batch_size=50, chunk_batches=2, progress=False)
+    assert not (tmp_path / "bank").exists() and (tmp_path / "bank.partial").exists()
+    resumed = CountingDataset(base)
+    bank = extract_features(path, resumed, tmp_path / "bank", batch_size=50, chunk_batches=2, progress=False)
+    assert resumed.reads == 1 + 450 - 200  # one probe read for the dims; chunks 0, 1 not redone
+    for layer in bank.layers:
+        np.testing.assert_array_equal(bank[layer], reference[layer])
+    assert not (tmp_path / "bank.partial").exists()
+
+
+def test_existing_banks_are_reused_refused_or_overwritten(own_checkpoint, model, tmp_path):
+    path, _, _ = own_checkpoint
+    data = load_dataset("digits", split="test")
+    first = extract_features(path, data, tmp_path / "bank", layers=["H"], progress=False)
+    counting = CountingDataset(data)
+    again = extract_features(path, counting, tmp_path / "bank", layers=["H"], progress=False)
+    assert counting.reads == 0 and again.meta["created"] == first.meta["created"]
+    with pytest.raises(FeatureBankError, match="already holds a different feature bank.*--overwrite"):
+        extract_features(path, data, tmp_path / "bank", layers=["H", "Z"], progress=False)
+    replaced = extract_features(path, data, tmp_path / "bank", layers=["H", "Z"], overwrite=True, progress=False)
+    assert replaced.layers == ["H", "Z"]
+
+
+def test_unknown_layer_is_explained_before_any_work(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    with pytest.raises(LayerError, match="offers H, P0, P1, Z.*Did you mean 'P1'"):
+        extract_features(path, load_dataset("digits", split="test"), tmp_path / "b", layers=["H", "P11"])
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_non_finite_features_are_refused_with_layer_and_count(model, tmp_path):
+    with torch.no_grad():
+        model.projector[6].weight[0, 0] = float("nan")  # output unit 0 of Z only
+    data = load_dataset("digits", split="test")
+    with pytest.raises(NonFiniteFeaturesError, match=r"features: layer Z: 450 values\."):  # 1 per sample
+        extract_features(model, data, tmp_path / "bank", progress=False)
+    assert not (tmp_path / "bank").exists() and not (tmp_path / "bank.partial").exists()
+
+
+def test_in_memory_models_with_other_weights_never_reuse_a_bank(tmp_path):
+    from conftest import tiny_model
+
+    data = load_dataset("digits", split="test")
+    extract_features(tiny_model(seed=0), data, tmp_path / "bank", layers=["H"], progress=False)
+    with pytest.raises(FeatureBankError, match="different feature bank"):
+        extract_features(tiny_model(seed=5), data, tmp_path / "bank", layers=["H"], progress=False)
+
+
+@pytest.mark.distributed
+def test_torchrun_with_two_processes_gives_the_single_process_bank(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    single = extract_features(path, load_dataset("digits", split="train"), tmp_path / "single",
+                              batch_size=64, chunk_batches=2, progress=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "--module", "cli.main", "extract", str(path), "--dataset", "digits", "--split", "train",
+               "--out", str(tmp_path / "ddp"), "--batch-size", "64", "--device", "cpu"]
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = FeatureBank.open(tmp_path / "ddp")
+    assert ddp.meta["extraction"]["world_size"] == 2
+    for layer in single.layers:
+        np.testing.assert_allclose(ddp[layer], single[layer], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(ddp.labels, single.labels)

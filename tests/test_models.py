@@ -1,0 +1,92 @@
+import pytest
+import torch
+import torchvision
+
+from clusterprobe import build_model
+from clusterprobe.errors import ClusterprobeError, LayerError
+from clusterprobe.extract import LayerCapture
+from clusterprobe.models import ModelConfig, ResNetBackbone, SSLModel, resa_projector
+
+
+def test_resa_architecture_matches_the_specification():
+    model = build_model("resnet18")  # CIFAR defaults: 3x3 stem, padding 1, no max-pool
+    assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
+    assert model.backbone.conv1.padding == (1, 1)
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    assert model.layer_dims() == {"H": 512, "P0": 2048, "P1": 2048, "Z": 512}
+    kinds = [type(m).__name__ for m in model.projector]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]
+    assert model.projector[-1].affine is False
+    assert model.config.projector == resa_projector(512)
+
+
+@pytest.mark.parametrize("name,width,dim", [("resnet18", 8, 64), ("resnet34", 4, 32), ("resnet50", 4, 128)])
+def test_width_option_scales_every_stage(name, width, dim):
+    backbone = ResNetBackbone(name, width=width, cifar_stem=True, stem_padding=2)
+    assert backbone.out_dim == dim
+    assert backbone.conv1.padding == (2, 2)
+    assert backbone(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_standard_width_loads_torchvision_weights_and_gives_the_same_pooled_features():
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18().eval()
+    backbone = ResNetBackbone("resnet18", cifar_stem=False).eval()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    backbone.load_state_dict(state)
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), reference(x))
+
+
+def test_hidden_layers_are_tapped_after_or_before_the_activation(model):
+    x = torch.randn(16, 1, 8, 8)
+    post = model.resolve_layer("P0")
+    pre = model.resolve_layer("P0", pre_activation=True)
+    assert post.module == "projector.2" and pre.module == "projector.1"
+    with torch.no_grad(), LayerCapture(model, [post, model.resolve_layer("H")]) as capture:
+        out_post = capture.run(x)
+    with torch.no_grad(), LayerCapture(model, [pre]) as capture:
+        out_pre = capture.run(x)["P0"]
+    with torch.no_grad():
+        expected_pre = model.projector[1](model.projector[0](out_post["H"]))
+    torch.testing.assert_close(out_pre, expected_pre)
+    # The pre-activation copy survives the in-place ReLU that follows it.
+    assert (out_pre < 0).any()
+    torch.testing.assert_close(out_post["P0"], torch.relu(expected_pre))
+
+
+def test_module_paths_are_layers_and_spatial_maps_are_pooled(model):
+    spec = model.resolve_layer("backbone.layer3")
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad(), LayerCapture(model, [spec]) as capture:
+        out = capture.run(x)["backbone.layer3"]
+        fmap = model.backbone.layer3(model.backbone.layer2(model.backbone.layer1(
+            model.backbone.relu(model.backbone.bn1(model.backbone.conv1(x))))))
+    torch.testing.assert_close(out, fmap.mean(dim=(2, 3)))
+
+
+def test_unknown_layer_lists_the_available_ones_and_suggests_the_closest(model):
+    with pytest.raises(LayerError) as error:
+        model.resolve_layer("backbone.layr3")
+    assert "H, P0, P1, Z" in str(error.value) and "Did you mean 'backbone.layer3'" in str(error.value)
+    with pytest.raises(LayerError, match="the projector has 2 hidden"):
+        model.resolve_layer("P7")
+
+
+def test_encoder_only_model_has_no_projector_layers():
+    model = build_model("resnet18", width=4, projector_dims=None)
+    assert model.layer_names() == ["H"]
+    with pytest.raises(LayerError, match="encoder only"):
+        model.resolve_layer("Z")
+
+
+def test_bad_architecture_arguments_are_explained():
+    with pytest.raises(ClusterprobeError, match="resnet18, resnet34, resnet50"):
+        build_model("resnet19")
+    with pytest.raises(ClusterprobeError, match="unknown fields"):
+        ModelConfig.from_dict({"backbone": "resnet18", "depth": 3})
+    config = ModelConfig(width=8, projector=resa_projector(512))
+    with pytest.raises(ClusterprobeError, match="expects 512-d input"):
+        SSLModel(config)
