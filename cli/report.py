@@ -1,0 +1,61 @@
+"""``clusterprobe report`` and ``clusterprobe demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import console, friendly_errors, split_list
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("demo")(demo)
+
+
+def _print_result(result) -> None:
+    for message in result.warnings:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    typer.echo(f"metrics table: {result.metrics_csv}")
+    typer.echo(f"report: {result.index_html}")
+
+
+@friendly_errors
+def report(
+    runs_dir: Path = typer.Argument(..., help="Folder holding runs (clusterprobe run directories or solo-learn checkpoint folders)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder (default: RUNS_DIR/report)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Analyse on this data set instead of each run's own."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Where the data set is."),
+    layers: str = typer.Option("H,P0,P1,Z", "--layers", "-l", help="Layers to analyse."),
+    epochs: Optional[str] = typer.Option(None, "--epochs", help="Only these epochs, e.g. 0,10,100 (default: all)."),
+    cluster_splits: str = typer.Option("test", "--cluster-splits", help="Splits to compute clustering metrics on."),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    device: str = typer.Option("auto", "--device"),
+    umap: bool = typer.Option(True, "--umap/--no-umap", help="Draw the UMAP figure."),
+    seeds: int = typer.Option(3, "--seeds", help="k-means seeds."),
+) -> None:
+    """Extract, measure and plot every run below RUNS_DIR; reuses every cached bank and metric."""
+    from clusterprobe.report import ReportSettings, build_report
+
+    settings = ReportSettings(
+        layers=tuple(split_list(layers) or ()), dataset=dataset, data_root=data_root,
+        epochs=tuple(int(e) for e in split_list(epochs)) if epochs else None,
+        cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
+        device=device, umap=umap, metric_overrides={"seeds": seeds},
+    )
+    _print_result(build_report(runs_dir, out, settings))
+
+
+@friendly_errors
+def demo(
+    out: Path = typer.Option(Path("clusterprobe-demo"), "--out", "-o", help="Folder for the demo's runs and report."),
+    epochs: int = typer.Option(6, "--epochs", help="Training epochs per method."),
+) -> None:
+    """Train ReSA and BYOL briefly on the embedded digits (CPU, no download), then report."""
+    from clusterprobe.demo import run_demo
+
+    result = run_demo(out, epochs=epochs)
+    _print_result(result)
+    typer.echo(f"demo finished in {result.elapsed_s / 60:.1f} min")

@@ -1,0 +1,129 @@
+"""The report over tiny hand-made runs: files, table contents, caching and bad input."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from clusterprobe import save_checkpoint
+from clusterprobe.errors import ClusterprobeError
+from clusterprobe.report import ReportSettings, build_report
+
+from conftest import tiny_model
+
+FAST = dict(metric_overrides={"seeds": 2, "metrics": "nmi,ari,silhouette,linear,knn"}, umap_max_points=300)
+
+
+def make_run(folder, method, epochs, dataset="digits", seed=0, **model_kwargs):
+    for epoch in epochs:
+        save_checkpoint(folder / "checkpoints" / f"epoch_{epoch:04d}.pt", tiny_model(seed=seed + epoch, **model_kwargs),
+                        epoch=epoch, method=method, dataset=dataset, run=folder.name)
+    (folder / "config.yaml").write_text(f"method: {method}\ndataset: {dataset}\n")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    make_run(runs / "resa", "resa", [0, 1, 2])
+    make_run(runs / "byol", "byol", [0, 2], seed=10)
+    return runs, build_report(runs, settings=ReportSettings(**FAST), progress=False)
+
+
+def test_report_writes_page_figures_and_table(report):
+    runs, result = report
+    assert result.index_html == runs / "report" / "index.html" and result.warnings == []
+    for name in ("layer_comparison", "training_dynamics", "umap"):
+        assert result.figures[name].stat().st_size > 10_000
+        assert (runs / "report" / "figures" / f"{name}.pdf").exists()
+    page = result.index_html.read_text()
+    assert page.count("data:image/png;base64,") == 3 and "Last-epoch metrics (test split)" in page
+    table = pd.read_csv(result.metrics_csv)
+    assert set(table["run"]) == {"resa", "byol"} and set(table["layer"]) == {"H", "P0", "P1", "Z"}
+    assert sorted(table.loc[table["run"] == "resa", "epoch"].unique()) == [0, 1, 2]
+    assert sorted(table.loc[table["run"] == "byol", "epoch"].unique()) == [0, 2]
+    assert {"nmi", "ari", "silhouette_true", "silhouette_true_spread", "linear_top1", "knn_top1"} <= set(table["metric"])
+    assert table["value"].notna().all()
+    # Banks are cached in each run; metrics too.
+    assert (runs / "resa" / "features" / "test" / "epoch_0002" / "H.npy").exists()
+    assert (runs / "resa" / "features" / "train" / "epoch_0002" / "H.npy").exists()
+
+
+def test_report_values_are_the_metrics_of_the_banks(report):
+    from sklearn.metrics import silhouette_score
+
+    from clusterprobe import FeatureBank
+
+    runs, result = report
+    bank = FeatureBank.open(runs / "byol" / "features" / "test" / "epoch_0002")
+    table = result.table
+    row = table[(table.run == "byol") & (table.epoch == 2) & (table.layer == "Z") & (table.metric == "silhouette_true")]
+    expected = silhouette_score(bank.features("Z", normalize=True), bank.labels, metric="cosine")
+    assert abs(float(row["value"].iloc[0]) - expected) < 1e-5
+
+
+def test_rerunning_a_finished_report_recomputes_nothing(report, monkeypatch):
+    runs, first = report
+    import importlib
+
+    extract_module = importlib.import_module("clusterprobe.extract")
+    evaluate_module = importlib.import_module("clusterprobe.metrics.evaluate")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(extract_module, "_extract_chunks", forbidden)
+    for name in ("_compute_split_units", "_compute_pair_unit"):
+        monkeypatch.setattr(evaluate_module, name, forbidden)
+    monkeypatch.setattr("clusterprobe.report.embedding.umap_embedding", forbidden)
+    again = build_report(runs, settings=ReportSettings(**FAST), progress=False)
+    pd.testing.assert_frame_equal(again.table.reset_index(drop=True), first.table.reset_index(drop=True))
+
+
+def test_bad_runs_are_skipped_with_reasons(tmp_path):
+    make_run(tmp_path / "good", "resa", [0, 1])
+    make_run(tmp_path / "corrupt", "simclr", [0, 1], seed=3)
+    (tmp_path / "corrupt" / "checkpoints" / "epoch_0001.pt").write_bytes(b"PK\x03\x04 truncated")
+    make_run(tmp_path / "mixed", "byol", [0])
+    save_checkpoint(tmp_path / "mixed" / "checkpoints" / "epoch_0001.pt",
+                    tiny_model(projector=(32, 16)), epoch=1, method="byol", dataset="digits")
+    make_run(tmp_path / "elsewhere", "vicreg", [0], dataset="cifar10")
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    result = build_report(tmp_path, settings=ReportSettings(**FAST, umap=False), progress=False)
+    text = "\n".join(result.warnings)
+    assert set(result.table["run"]) == {"good", "corrupt"}
+    assert "corrupt, epoch 1 skipped" in text and "truncated or corrupt" in text
+    assert "mixed skipped: its checkpoints have mixed architectures" in text
+    assert "elsewhere skipped" in text and "cifar10" in text
+    assert "empty" in text and "no checkpoints" in text
+    assert "mixed architectures" in result.index_html.read_text()
+
+
+def test_empty_runs_folder(tmp_path):
+    with pytest.raises(ClusterprobeError, match="No runs found"):
+        build_report(tmp_path, progress=False)
+
+
+def test_notebook_runs_on_a_tiny_bank(report, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    from conftest import REPO
+
+    runs, _ = report
+    notebook = nbformat.read(REPO / "notebooks" / "explore_feature_bank.ipynb", as_version=4)
+    env = {"CLUSTERPROBE_BANK": str(runs / "resa" / "features" / "test" / "epoch_0002"),
+           "CLUSTERPROBE_TRAIN_BANK": str(runs / "resa" / "features" / "train" / "epoch_0002"),
+           "CLUSTERPROBE_UMAP_POINTS": "200"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    outputs = json.dumps([cell.get("outputs", []) for cell in notebook.cells])
+    assert "FeatureBank(" in outputs and "image/png" in outputs and '"error"' not in outputs
