@@ -1,0 +1,223 @@
+"""The run directory and what goes into it.
+
+Layout of ``runs/NAME/``:
+
+- ``config.yaml``: the resolved :class:`~clusterprobe.train.config.TrainConfig`.
+- ``checkpoints/epoch_XXXX.pt``: after epoch N completes (1-based), every ``save_every`` epochs and
+  after the last one; ``epoch_0000.pt`` is the initialisation (``save_init``). Each is a
+  :func:`~clusterprobe.checkpoints.save_checkpoint` file (``weights_only``-loadable) that also
+  holds the state needed to resume.
+- ``last.pt``: the newest end-of-epoch state when that epoch was not a checkpoint epoch (resume
+  point only; outside ``checkpoints/`` so analyses never pick it up).
+- ``log.csv``: one row per ``log_every`` steps: epoch, step, loss, lr, ema, images_per_s, elapsed_s.
+- ``epochs.csv``: one row per epoch: mean loss, last lr and ema, images/s, seconds, kNN accuracy
+  of the monitor (when it ran).
+- ``tensorboard/`` (optional).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, config_differences, load_config_file
+from .errors import RunDirectoryError, TrainConfigError
+
+CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{4,})\.pt$")
+STEP_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "elapsed_s"]
+EPOCH_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "epoch_s", "knn_acc"]
+#: What a run directory may contain (``--overwrite`` removes only these).
+RUN_ENTRIES = ("config.yaml", "checkpoints", "last.pt", "log.csv", "epochs.csv", "tensorboard")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+class RunDirectory:
+    """Paths of one run and the checks made before training starts."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    checkpoint_dir = property(lambda self: self.path / "checkpoints")
+    last_path = property(lambda self: self.path / "last.pt")
+    log_path = property(lambda self: self.path / "log.csv")
+    epochs_path = property(lambda self: self.path / "epochs.csv")
+    tensorboard_dir = property(lambda self: self.path / "tensorboard")
+
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.checkpoint_dir / checkpoint_name(epoch)
+
+    def checkpoints(self) -> dict[int, Path]:
+        """epoch -> checkpoint file, for every ``epoch_XXXX.pt`` present."""
+        if not self.checkpoint_dir.is_dir():
+            return {}
+        found = {}
+        for entry in self.checkpoint_dir.iterdir():
+            match = CHECKPOINT_PATTERN.match(entry.name)
+            if match:
+                found[int(match.group(1))] = entry
+        return dict(sorted(found.items()))
+
+    def holds_run(self) -> bool:
+        return self.config_path.exists() or self.checkpoint_dir.exists()
+
+    def saved_config(self) -> TrainConfig:
+        try:
+            return TrainConfig.from_dict(load_config_file(self.config_path))
+        except TrainConfigError as error:
+            raise RunDirectoryError(f"Cannot resume from {self.path}: its config.yaml is unreadable ({error}).") from None
+
+    def resume_point(self) -> Path | None:
+        """The newest resumable state: the highest-epoch checkpoint, or last.pt when newer."""
+        candidates = []
+        for epoch, path in self.checkpoints().items():
+            candidates.append((epoch, 1, path))
+        if self.last_path.exists():
+            from ..checkpoints import read_checkpoint_file
+
+            try:
+                epoch = int(read_checkpoint_file(self.last_path).get("epoch", -1))
+                candidates.append((epoch, 0, self.last_path))
+            except Exception:  # a damaged last.pt: fall back to the checkpoints
+                pass
+        return max(candidates)[2] if candidates else None
+
+    # -- before training --------------------------------------------------------------------------
+    def check(self, config: TrainConfig, resume: bool, overwrite: bool) -> Path | None:
+        """Decide what to do with the directory (no writes). Returns the state to resume from.
+
+        Raises:
+            RunDirectoryError: it holds another run and neither ``resume`` nor ``overwrite`` was
+                given; it is a non-empty directory that is not a run; the resumed run's config
+                differs in fields that change training.
+        """
+        if resume and overwrite:
+            raise RunDirectoryError("Pass either resume or overwrite, not both.")
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"The output path {self.path} is a file, not a directory.")
+        if not self.path.exists() or not any(self.path.iterdir()):
+            if resume:
+                raise RunDirectoryError(f"Nothing to resume: {self.path} holds no run. Start it without --resume.")
+            return None
+        if not self.holds_run():
+            raise RunDirectoryError(
+                f"The output directory {self.path} is not empty and does not hold a clusterprobe "
+                "run (no config.yaml or checkpoints/). Choose a new or empty directory."
+            )
+        if overwrite:
+            return None
+        if not resume:
+            described = ""
+            if self.config_path.exists():
+                try:
+                    saved = self.saved_config()
+                    epochs = list(self.checkpoints())
+                    described = (f" (method {saved.method}, data set {saved.dataset}, "
+                                 f"{'epochs ' + str(epochs[0]) + '-' + str(epochs[-1]) if epochs else 'no checkpoints'})")
+                except RunDirectoryError:
+                    pass
+            raise RunDirectoryError(
+                f"The output directory {self.path} already holds a run{described}. Pass --resume to "
+                "continue it, --overwrite to replace it, or choose another --out."
+            )
+        if not self.config_path.exists():
+            raise RunDirectoryError(f"Cannot resume from {self.path}: it has no config.yaml.")
+        differences = config_differences(self.saved_config(), config)
+        if differences:
+            raise RunDirectoryError(
+                f"Cannot resume {self.path} with a different configuration; these fields differ "
+                f"(saved -> now): {'; '.join(differences)}. Resume with the saved config (omit "
+                "those options) or start a new run."
+            )
+        point = self.resume_point()
+        if point is None:
+            raise RunDirectoryError(
+                f"Cannot resume {self.path}: it has no checkpoint yet. Start it again with --overwrite."
+            )
+        return point
+
+    def clear(self) -> None:
+        """Remove a previous run's files (only the entries a run writes)."""
+        for name in RUN_ENTRIES:
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+class CsvLog:
+    """Append-only CSV with a fixed header; on resume, rows after ``keep_until_step`` are dropped
+    (they belong to the part of the interrupted run that is being redone)."""
+
+    def __init__(self, path: Path, fields: list[str], keep_until_step: int | None = None):
+        self.path = Path(path)
+        self.fields = fields
+        if keep_until_step is not None and self.path.exists():
+            with open(self.path, newline="") as handle:
+                rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= keep_until_step]
+            self._rewrite(rows)
+        elif keep_until_step is None or not self.path.exists():
+            self._rewrite([])
+        self._handle = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._handle, fieldnames=fields, extrasaction="ignore")
+
+    def _rewrite(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        from ..io import atomic_write
+
+        def write(handle):
+            writer = csv.DictWriter(handle, fieldnames=self.fields, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+        atomic_write(self.path, write, mode="w")
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+        self._handle.flush()
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states as plain values (weights_only-loadable)
+def capture_rng_state() -> dict[str, Any]:
+    """Torch (CPU and CUDA), Python and NumPy generator states as tensors and plain values."""
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [s for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss],
+        "numpy": [str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(position),
+                  int(has_gauss), float(cached)],
+    }
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached))

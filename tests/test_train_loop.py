@@ -1,0 +1,384 @@
+"""Real training runs on the digits (and, slow, a CIFAR-10 subset): the loss falls, kNN beats the
+random initialisation, resume is bit-for-bit, the run directory follows its contract, and bad input
+fails with clear errors."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from clusterprobe.checkpoints import load_checkpoint
+from clusterprobe.data import load_dataset
+from clusterprobe.errors import ClusterprobeError
+from clusterprobe.train import (CheckpointWriteError, NonFiniteLossError, RunDirectoryError,
+                                TrainConfig, TrainConfigError, resolve_config, train)
+from clusterprobe.train.monitor import knn_accuracy
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10 = REPO.parent / "shared" / "data" / "cifar10"
+
+
+def tiny(tmp_path: Path, method: str = "resa", **changes) -> TrainConfig:
+    """A run of a few seconds: 4-wide ResNet-18 on 128 digits, batch 32 (4 steps per epoch)."""
+    fields = dict(method=method, dataset="digits", epochs=2, batch_size=32, width=4,
+                  projector_dims=[32, 32, 16], limit_train=128, out=str(tmp_path / f"run_{method}"),
+                  progress=False, lr=0.5)
+    if method == "byol":
+        fields.update(projector_dims=[32, 16], predictor_dims=[32, 16])
+    if method == "swav":
+        fields.update(projector_dims=[32, 16], options={"num_prototypes": 20, "queue_size": 64,
+                                                        "queue_start_epoch": 1, "freeze_prototypes_epochs": 1})
+    fields.update(changes)
+    return TrainConfig(**fields)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: pins the numerics of the learning test and keeps it fast when the
+    machine's cores are shared (oversubscribed OpenMP threads slow PyTorch down many times)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------
+def test_resa_on_digits_learns(tmp_path, one_thread):
+    """Five epochs of ReSA on the digits: the loss falls and the momentum encoder's H beats the
+    same network at initialisation on 5-NN accuracy (train -> test)."""
+    # ema_base 0.99: over ~100 steps the default 0.996 leaves the momentum encoder close to its
+    # initialisation (that is the point of a slow EMA over 1000 epochs, not of a 5-epoch test).
+    # No flips: a mirrored digit is often another digit. Random networks are strong on 8x8 digits
+    # (5-NN 0.66-0.78 depending on the seed), so the margin is modest: seed 0 gains 0.06-0.12
+    # depending on the thread count (one thread here: 0.658 -> 0.72).
+    config = TrainConfig(method="resa", dataset="digits", epochs=5, batch_size=64, width=8,
+                         projector_dims=[128, 128, 64], lr=1.0, crop_scale=[0.5, 1.0], ema_base=0.99,
+                         flip=False, seed=0, out=str(tmp_path / "resa"), progress=False, monitor_every=5)
+    run = train(config)
+    epochs = read_csv(run / "epochs.csv")
+    losses = [float(row["loss"]) for row in epochs]
+    assert len(losses) == 5
+    assert losses[-1] < losses[0] - 0.05
+    bank, queries = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    initial = load_checkpoint(run / "checkpoints" / "epoch_0000.pt").model
+    trained = load_checkpoint(run / "checkpoints" / "epoch_0005.pt").model
+    before = knn_accuracy(initial.backbone, bank, queries, torch.device("cpu"))
+    after = knn_accuracy(trained.backbone, bank, queries, torch.device("cpu"))
+    assert after > before + 0.03, (before, after)
+    assert float(epochs[-1]["knn_acc"]) == pytest.approx(after, abs=0.02)  # the online monitor agrees
+
+
+@pytest.mark.parametrize("method", ["resa", "simclr", "byol", "vicreg", "swav", "barlow_twins"])
+def test_every_method_writes_an_analysable_run(tmp_path, method):
+    run = train(tiny(tmp_path, method, epochs=1))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0000.pt", "epoch_0001.pt"]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == method and saved["optimizer"] in ("sgd", "lars")
+    assert resolve_config(saved).to_dict() == saved  # the resolved config is complete
+    payload = torch.load(run / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    assert payload["method"] == method and payload["dataset"] == "digits" and payload["run"] == f"run_{method}"
+    assert payload["epoch"] == 1 and payload["step"] == 4
+    loaded = load_checkpoint(run / "checkpoints" / "epoch_0001.pt")
+    assert loaded.branch == ("momentum" if method in ("resa", "byol") else "online")
+    assert loaded.layer_names == ["H", "P0", "P1", "Z"] or (method in ("byol", "simclr", "swav") and loaded.layer_names == ["H", "P0", "Z"])
+    images = torch.randn(4, 1, 8, 8)
+    assert loaded.model(images).shape[0] == 4
+    if method == "swav":
+        assert payload["extra"]["prototypes"].shape == (20, 16)
+    rows = read_csv(run / "log.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"epoch", "step", "loss", "lr", "ema", "images_per_s", "elapsed_s"}
+    assert all(float(r["images_per_s"]) > 0 for r in rows)
+    assert (rows[0]["ema"] != "") == (method in ("resa", "byol"))
+
+
+def test_resa_spec_heads_and_eval_branch(tmp_path):
+    config = resolve_config(TrainConfig(method="resa", out="unused"))
+    assert config.projector_dims == [2048, 2048, 512] and config.projector_last_batch_norm
+    assert config.predictor_dims is None and config.views == "resa"
+    assert config.options == {"temperature": 0.4, "sinkhorn_epsilon": 0.05, "sinkhorn_iterations": 3,
+                              "transposed": False}
+    example = resolve_config(REPO / "configs" / "resa_cifar10.yaml")
+    assert example.replace(out="unused", data_root=None, save_every=1, monitor_every=0).to_dict() == \
+        config.replace(width=64, cifar_stem=True, data_root=None).to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+def _stop_at(step_to_stop: int):
+    def callback(event, info):
+        if event == "step" and info["step"] == step_to_stop:
+            raise KeyboardInterrupt
+
+    return callback
+
+
+@pytest.mark.parametrize("method, save_every", [("resa", 1), ("swav", 2)])
+def test_resume_is_bit_for_bit(tmp_path, method, save_every):
+    epochs = 3
+    reference = train(tiny(tmp_path / "a", method, epochs=epochs, save_every=save_every))
+    config = tiny(tmp_path / "b", method, epochs=epochs, save_every=save_every)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[_stop_at(10)])  # in epoch 3, after epochs 1-2 were saved
+    interrupted = Path(config.out)
+    assert (interrupted / "checkpoints" / "epoch_0002.pt").exists() or (interrupted / "last.pt").exists()
+    assert not (interrupted / "checkpoints" / "epoch_0003.pt").exists()
+    train(config, resume=True)
+    a = torch.load(reference / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    b = torch.load(interrupted / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    for key in ("state_dict", "momentum_state_dict"):
+        if a[key] is None:
+            assert b[key] is None
+            continue
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    for name, value in a["train_state"]["optimizer"]["state"].items():
+        for slot, tensor in value.items():
+            assert torch.equal(tensor, b["train_state"]["optimizer"]["state"][name][slot])
+    assert a["step"] == b["step"] == 12
+    if method == "swav":
+        assert torch.equal(a["extra"]["prototypes"], b["extra"]["prototypes"])
+        assert torch.equal(a["train_state"]["method"]["queue"], b["train_state"]["method"]["queue"])
+    # the log of the resumed run is the log of the uninterrupted one (elapsed time aside)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("images_per_s", "elapsed_s", "epoch_s")} for r in rows]
+    assert strip(read_csv(reference / "log.csv")) == strip(read_csv(interrupted / "log.csv"))
+    assert strip(read_csv(reference / "epochs.csv")) == strip(read_csv(interrupted / "epochs.csv"))
+
+
+def test_resume_of_finished_run_does_nothing(tmp_path):
+    run = train(tiny(tmp_path, epochs=1))
+    before = sha(run / "checkpoints" / "epoch_0001.pt")
+    assert train(tiny(tmp_path, epochs=1), resume=True) == run
+    assert sha(run / "checkpoints" / "epoch_0001.pt") == before
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+@pytest.mark.parametrize("changes, message", [
+    ({"method": "resaa"}, r"Unknown method 'resaa'; the known methods are resa, simclr, byol, vicreg, swav, barlow_twins\. Did you mean 'resa'"),
+    ({"backbone": "vgg16"}, r"Unknown backbone 'vgg16'; the known backbones are resnet18, resnet34, resnet50"),
+    ({"batch_size": 1}, r"Batch size 1 is too small for resa: it needs at least 2"),
+    ({"options": {"temprature": 0.4}}, r"Unknown option\(s\) \['temprature'\] for method resa; its options are: temperature"),
+    ({"views": "strong"}, r"Unknown view recipe 'strong'"),
+    ({"lr_floor": 2}, r"lr_floor is a fraction"),
+    ({"limit_train": 10}, r"fewer images than one batch"),
+])
+def test_invalid_configs_are_refused(tmp_path, changes, message):
+    with pytest.raises(TrainConfigError, match=message):
+        train(tiny(tmp_path, **changes))
+    assert not (tmp_path / "run_resa").exists()
+
+
+def test_unknown_config_field():
+    with pytest.raises(TrainConfigError, match=r"Unknown training config field\(s\) \['epoch'\]. Did you mean 'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_batch_larger_than_dataset(tmp_path):
+    with pytest.raises(TrainConfigError, match="fewer than one batch"):
+        train(tiny(tmp_path, limit_train=None, batch_size=2048))
+
+
+def test_output_directory_holding_another_run(tmp_path):
+    run = train(tiny(tmp_path, epochs=1))
+    first = sha(run / "checkpoints" / "epoch_0001.pt")
+    with pytest.raises(RunDirectoryError, match=r"already holds a run \(method resa, data set digits, epochs 0-1\).*--resume.*--overwrite"):
+        train(tiny(tmp_path, epochs=1, method="simclr", out=str(run)))
+    assert sha(run / "checkpoints" / "epoch_0001.pt") == first
+    with pytest.raises(RunDirectoryError, match="these fields differ.*method: 'resa' -> 'simclr'"):
+        train(tiny(tmp_path, epochs=1, method="simclr", out=str(run)), resume=True)
+    train(tiny(tmp_path, epochs=1, method="simclr", out=str(run)), overwrite=True)
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"] == "simclr"
+    assert load_checkpoint(run / "checkpoints" / "epoch_0001.pt").method == "simclr"
+
+
+def test_non_run_directory_is_never_overwritten(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    for kwargs in ({}, {"overwrite": True}):
+        with pytest.raises(RunDirectoryError, match="does not hold a clusterprobe run"):
+            train(tiny(tmp_path, out=str(tmp_path)), **kwargs)
+    assert (tmp_path / "notes.txt").read_text() == "precious"
+    with pytest.raises(RunDirectoryError, match="Nothing to resume"):
+        train(tiny(tmp_path, out=str(tmp_path / "empty")), resume=True)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny(tmp_path, epochs=3)
+
+    def poison(event, info):
+        if event == "step" and info["step"] == 6:  # during epoch 2
+            with torch.no_grad():
+                for module in poison.method_params:
+                    module.fill_(float("nan"))
+
+    import clusterprobe.train.loop as loop_module
+
+    original = loop_module.build_method
+
+    def capture(*args, **kwargs):
+        method = original(*args, **kwargs)
+        poison.method_params = [method.online.model.backbone.conv1.weight]
+        return method
+
+    loop_module.build_method = capture
+    try:
+        with pytest.raises(NonFiniteLossError, match=r"The loss became nan at step 7 \(epoch 2\).*epoch_0001.pt") as caught:
+            train(config, callbacks=[poison])
+    finally:
+        loop_module.build_method = original
+    assert caught.value.step == 7 and caught.value.epoch == 2  # 1-based, like log.csv
+    assert isinstance(caught.value, ClusterprobeError)
+    run = Path(config.out)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0000.pt", "epoch_0001.pt"]
+    good = load_checkpoint(run / "checkpoints" / "epoch_0001.pt")
+    assert all(torch.isfinite(v).all() for v in good.model.state_dict().values())
+    assert max(int(r["step"]) for r in read_csv(run / "log.csv")) == 6  # the steps that were taken
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    import clusterprobe.checkpoints as checkpoints_module
+
+    config = tiny(tmp_path, epochs=2)
+    real_atomic_write = checkpoints_module.atomic_write
+    calls = {"n": 0}
+
+    def failing_atomic_write(path, write, mode="wb"):
+        calls["n"] += 1
+        if calls["n"] < 3:  # epoch_0000 and epoch_0001 are written
+            return real_atomic_write(path, write, mode)
+
+        def half_then_full(handle):
+            handle.write(b"PK\x03\x04 partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        return real_atomic_write(path, half_then_full, mode)
+
+    monkeypatch.setattr(checkpoints_module, "atomic_write", failing_atomic_write)
+    with pytest.raises(CheckpointWriteError, match=r"No space left on device.*epoch_0001.pt is intact.*--resume"):
+        train(config)
+    checkpoint_dir = Path(config.out) / "checkpoints"
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["epoch_0000.pt", "epoch_0001.pt"]  # no temp files
+    assert load_checkpoint(checkpoint_dir / "epoch_0001.pt").epoch == 1
+    monkeypatch.setattr(checkpoints_module, "atomic_write", real_atomic_write)
+    train(config, resume=True)  # space is back: the run completes from epoch 1
+    assert load_checkpoint(checkpoint_dir / "epoch_0002.pt").epoch == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+def _cli():
+    from cli.main import app
+
+    return app
+
+
+def test_cli_train_resume_and_errors(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "cli_run"
+    args = ["train", "--method", "resa", "--dataset", "digits", "--epochs", "1", "--batch-size", "32",
+            "--width", "4", "--projector-dims", "32,32,16", "--limit-train", "64", "--out", str(out), "--quiet",
+            "-o", "temperature=0.5"]
+    result = runner.invoke(_cli(), args)
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["options"]["temperature"] == 0.5 and saved["projector_dims"] == [32, 32, 16]
+    again = runner.invoke(_cli(), args)
+    assert again.exit_code == 1 and "already holds a run" in again.output
+    resumed = runner.invoke(_cli(), ["train", "--out", str(out), "--resume", "--quiet"])
+    assert resumed.exit_code == 0, resumed.output
+    bad = runner.invoke(_cli(), ["train", "--method", "dino", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 1 and "resa, simclr, byol, vicreg, swav, barlow_twins" in bad.output
+    tiny_batch = runner.invoke(_cli(), ["train", "--dataset", "digits", "--batch-size", "1", "--out", str(tmp_path / "y")])
+    assert tiny_batch.exit_code == 1 and "too small" in tiny_batch.output
+
+
+@pytest.mark.parametrize("suffix", ["yaml", "toml"])
+def test_config_files(tmp_path, suffix):
+    out = tmp_path / "from_file"
+    if suffix == "yaml":
+        text = yaml.safe_dump({"method": "simclr", "dataset": "digits", "epochs": 1, "batch_size": 32,
+                               "width": 4, "projector_dims": [32, 16], "limit_train": 64, "out": str(out)})
+    else:
+        text = (f'method = "simclr"\ndataset = "digits"\nepochs = 1\nbatch_size = 32\nwidth = 4\n'
+                f'projector_dims = [32, 16]\nlimit_train = 64\nout = "{out}"\n[options]\ntemperature = 0.3\n')
+    path = tmp_path / f"config.{suffix}"
+    path.write_text(text)
+    result = CliRunner().invoke(_cli(), ["train", "--config", str(path), "--quiet", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == "simclr" and saved["seed"] == 3 and saved["optimizer"] == "lars"
+    assert saved["options"]["temperature"] == (0.3 if suffix == "toml" else 0.2)
+    assert (out / "checkpoints" / "epoch_0001.pt").exists()
+
+
+def test_demo_config_resolves():
+    config = resolve_config(REPO / "configs" / "demo_digits.yaml")
+    assert config.dataset == "digits" and config.width == 8 and config.epochs == 5
+    for name in ("simclr", "byol", "vicreg", "swav", "barlow_twins", "resa"):
+        assert resolve_config(REPO / "configs" / f"{name}_cifar10.yaml").method == name
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not (CIFAR10 / "train").is_dir(), reason="no CIFAR-10 ImageFolder at ../shared/data/cifar10")
+def test_resa_on_cifar10_subset_learns(tmp_path, one_thread):
+    config = TrainConfig(method="resa", dataset="cifar10", data_root=str(CIFAR10), limit_train=2560,
+                         epochs=4, batch_size=128, width=8, projector_dims=[256, 256, 128], lr=1.0,
+                         ema_base=0.99, out=str(tmp_path / "cifar"), progress=False, monitor_every=4,
+                         monitor_bank_size=2000, monitor_query_size=1000)
+    run = train(config)
+    losses = [float(r["loss"]) for r in read_csv(run / "epochs.csv")]
+    assert losses[-1] < losses[0]
+    from clusterprobe.train.monitor import limited
+
+    bank = limited(load_dataset("cifar10", CIFAR10, "train"), 2000)
+    queries = limited(load_dataset("cifar10", CIFAR10, "test"), 1000)
+    initial = load_checkpoint(run / "checkpoints" / "epoch_0000.pt").model
+    before = knn_accuracy(initial.backbone, bank, queries, torch.device("cpu"))
+    after = float(read_csv(run / "epochs.csv")[-1]["knn_acc"])
+    assert after > before + 0.02, (before, after)
+
+
+def test_views_do_not_depend_on_workers_or_rng_state():
+    """Sample i of epoch e gets the same views with 0 or 2 workers and whatever the global RNG."""
+    from clusterprobe.train.loading import EpochSampler, LoaderSettings, SeededViews, build_loader
+    from clusterprobe.train.views import two_view_transform
+
+    base = load_dataset("digits", split="train", transform=None)
+    views = two_view_transform("resa", 8, base.info.mean, base.info.std)
+    dataset = SeededViews(base, views, indices=list(range(64)))
+
+    def epoch_batches(workers, epoch):
+        sampler = EpochSampler(len(dataset), seed=5)
+        sampler.set_epoch(epoch)
+        loader = build_loader(dataset, sampler, 16, LoaderSettings(workers, False, False, 2 if workers else None))
+        return [(v[0].clone(), v[1].clone(), y.clone()) for v, y in loader]
+
+    torch.manual_seed(123)
+    a = epoch_batches(0, epoch=1)
+    torch.manual_seed(999)
+    b = epoch_batches(2, epoch=1)
+    for (a0, a1, ay), (b0, b1, by) in zip(a, b):
+        assert torch.equal(a0, b0) and torch.equal(a1, b1) and torch.equal(ay, by)
+    other_epoch = epoch_batches(0, epoch=2)
+    assert not torch.equal(a[0][0], other_epoch[0][0])
+    assert not torch.equal(a[0][0], a[0][1])  # weak and strong views differ
+    before = torch.get_rng_state()
+    dataset[(0, 42)]
+    assert torch.equal(before, torch.get_rng_state())
