@@ -24,6 +24,10 @@ _EXPORTS = {
     "build_model": "clusterprobe.models",
     "load_dataset": "clusterprobe.data",
     "extract_features": "clusterprobe.extract",
+    "TrainConfig": "clusterprobe.train",
+    "evaluate": "clusterprobe.metrics",
+    "evaluate_arrays": "clusterprobe.metrics",
+    "build_report": "clusterprobe.report",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -127,6 +127,7 @@ def save_checkpoint(
             if momentum_model is None
             else {k: v.detach().cpu() for k, v in momentum_model.state_dict().items()}
         ),
+        "momentum_model_config": None if momentum_model is None else momentum_model.config.to_dict(),
         "eval_branch": eval_branch,
         "epoch": int(epoch),
         "step": int(step),
@@ -351,7 +352,10 @@ def _load_own(raw: Mapping, path: Path, momentum: bool | None) -> LoadedCheckpoi
             f"{path} has no momentum branch (its method trains none); load it without "
             "momentum=True (--momentum)."
         )
-    model = SSLModel(ModelConfig.from_dict(raw["model_config"]))
+    config = raw["model_config"]
+    if branch == "momentum" and raw.get("momentum_model_config") is not None:
+        config = raw["momentum_model_config"]  # e.g. without the online-only predictor
+    model = SSLModel(ModelConfig.from_dict(config))
     _load_strict(model, strip_prefixes(state), "model described by the checkpoint's config", path)
     return LoadedCheckpoint(
         model=model, path=path, format="clusterprobe", branch=branch, epoch=raw.get("epoch"),

@@ -153,3 +153,18 @@ def test_save_is_atomic_when_writing_fails(own_checkpoint, model, monkeypatch):
         save_checkpoint(path, model, epoch=4)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_momentum_branch_may_lack_the_online_predictor(tmp_path):
+    import copy
+    import dataclasses
+
+    from conftest import tiny_model
+
+    online = tiny_model(predictor=(16, 32))
+    momentum = copy.deepcopy(tiny_model(seed=4))
+    momentum.config = dataclasses.replace(momentum.config, predictor=None)
+    path = save_checkpoint(tmp_path / "byol.pt", online, epoch=2, method="byol", momentum_model=momentum)
+    assert load_checkpoint(path).model.predictor is None  # momentum branch by default
+    same_outputs(load_checkpoint(path).model, momentum, X1)
+    assert load_checkpoint(path, momentum=False).model.predictor is not None

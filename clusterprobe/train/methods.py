@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -89,7 +90,10 @@ class Method(nn.Module):
         self.momentum: SSLModel | None = None
         self.ema_schedule: CosineEMASchedule | None = None
         if self.uses_momentum:
+            # The momentum branch is encoder + projector: the predictor is online-only.
             self.momentum = copy.deepcopy(self.online.model)
+            self.momentum.predictor = None
+            self.momentum.config = dataclasses.replace(model_config, predictor=None)
             for p in self.momentum.parameters():
                 p.requires_grad_(False)
             self.ema_schedule = CosineEMASchedule(float(config.ema_base), total_steps)
@@ -111,8 +115,11 @@ class Method(nn.Module):
     @torch.no_grad()
     def update_momentum(self, rate: float) -> None:
         """EMA of the parameters (not the buffers): ``w_m <- rate * w_m + (1 - rate) * w``."""
-        momentum = [p for p in self.momentum.parameters()]
-        online = [p.detach() for p in self.online.model.parameters()]
+        online_parameters = dict(self.online.model.named_parameters())
+        momentum, online = [], []
+        for name, parameter in self.momentum.named_parameters():
+            momentum.append(parameter)
+            online.append(online_parameters[name].detach())
         torch._foreach_mul_(momentum, rate)
         torch._foreach_add_(momentum, online, alpha=1.0 - rate)
 
