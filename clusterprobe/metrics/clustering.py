@@ -1,0 +1,285 @@
+"""k-means with FAISS on all points, and agreement of its clusters with ground truth.
+
+Defaults (this project's choices; the paper does not publish its k-means settings): k = number of
+classes, features L2-normalised (spherical k-means), 3 seeds reported as mean and std, k-means++
+initialisation, Lloyd iterations until the objective changes by less than 1e-4 (relative, as
+scikit-learn's default tolerance; at most 100 iterations).
+FAISS by default trains on at most 256 points per centroid, silently subsampling larger sets;
+:func:`kmeans` always trains on every point.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import (
+    adjusted_rand_score,
+    calinski_harabasz_score,
+    davies_bouldin_score,
+    normalized_mutual_info_score,
+)
+from sklearn.metrics.cluster import contingency_matrix
+
+from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, threads_for
+from ._validation import (
+    MetricsError,
+    as_features,
+    as_labels,
+    check_k,
+    check_two_classes,
+    l2_normalize,
+    seed_list,
+)
+
+INITS = ("k-means++", "random")
+CHUNK = 5  # Lloyd iterations between convergence checks
+
+
+@dataclass
+class KMeansResult:
+    """Clusterings of one feature matrix, one per seed.
+
+    ``labels`` (n_seeds, n) int64 cluster indices; ``centroids`` (n_seeds, k, d) float32;
+    ``objective`` (n_seeds,) final FAISS objective (sum of squared distances, or of inner
+    products when ``normalize``/spherical).
+    """
+
+    labels: np.ndarray
+    centroids: np.ndarray
+    objective: np.ndarray
+    seeds: tuple[int, ...]
+    k: int
+    normalize: bool
+    niter: int
+    tol: float
+    init: str
+    gpu: bool = False
+    settings: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+
+def _init_method(faiss, init: str):
+    if init not in INITS:
+        raise MetricsError(f"Unknown k-means init {init!r}: use one of {', '.join(INITS)}.")
+    if init == "k-means++":
+        method = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
+        if method is None:
+            raise MetricsError(
+                f"This FAISS ({faiss.__version__}) has no k-means++ initialisation; upgrade "
+                "faiss (>= 1.13) or pass init='random'."
+            )
+        return method
+    return getattr(faiss, "ClusteringInitMethod_RANDOM", None)
+
+
+def _one_thread(run, seed):
+    """``run(seed)`` with FAISS on one OpenMP thread (the setting is per calling thread)."""
+    faiss_module().omp_set_num_threads(1)
+    return run(seed)
+
+
+def _kmeans_once(faiss, data: np.ndarray, k: int, seed: int, niter: int, tol: float, normalize: bool, method, gpu: bool):
+    """One FAISS k-means run on every row of ``data`` (n, d); returns (labels, centroids, objective).
+
+    Lloyd iterations run in chunks of ``CHUNK``, each continuing from the previous centroids
+    (which FAISS does exactly), until an iteration changes the objective by less than ``tol``
+    relative to its value, or ``niter`` iterations are done. On the GPU, where each chunk would
+    set up GPU resources again, all ``niter`` iterations run in one call.
+    """
+    n, d = data.shape
+    options = dict(
+        nredo=1,
+        seed=int(seed),
+        spherical=bool(normalize),
+        verbose=False,
+        # every point takes part: no subsampling, and no warning for small clusters
+        max_points_per_centroid=int(math.ceil(n / k)) + 1,
+        min_points_per_centroid=1,
+    )
+    if method is not None:
+        options["init_method"] = method
+    if gpu:
+        options["gpu"] = True
+    centroids, history, done = None, [], 0
+    chunk = niter if gpu else CHUNK
+    while done < niter:
+        steps = min(chunk, niter - done)
+        km = faiss.Kmeans(d, k, niter=steps, **options)
+        km.train(data, init_centroids=centroids)
+        centroids, done = km.centroids, done + steps
+        history.extend(float(v) for v in km.obj)
+        if len(history) >= 2 and abs(history[-1] - history[-2]) <= tol * abs(history[-1]):
+            break
+    _, assigned = km.assign(data)
+    return assigned.astype(np.int64), centroids, (history[-1] if history else math.nan)
+
+
+def kmeans(
+    X,
+    k: int,
+    seeds=3,
+    normalize: bool = True,
+    niter: int = 100,
+    tol: float = 1e-4,
+    init: str = "k-means++",
+    device: str = "auto",
+) -> KMeansResult:
+    """Run FAISS k-means on all n points of ``X`` (n, d) once per seed.
+
+    ``seeds`` is a count (``3`` means seeds 0, 1, 2) or a list of seeds. With ``normalize``
+    (default) rows are L2-normalised and centroids kept on the unit sphere (spherical k-means,
+    i.e. cosine similarity); otherwise plain Euclidean k-means on the raw features. Runs on the
+    GPU when FAISS was built with GPU support and one exists (``device='auto'``). Stops after
+    ``niter`` Lloyd iterations, or earlier once an iteration improves the objective by less than
+    ``tol`` (relative). ``init`` is 'k-means++' (default) or 'random'.
+    """
+    X = as_features(X, "k-means features")
+    n, d = X.shape
+    k = check_k(k, n)
+    seeds = seed_list(seeds)
+    if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 1:
+        raise MetricsError(f"niter must be a positive integer number of iterations; got {niter!r}.")
+    if not tol >= 0:
+        raise MetricsError(f"tol must be a non-negative number; got {tol!r}.")
+    faiss = faiss_module()
+    method = _init_method(faiss, init)
+    gpu = faiss_use_gpu(device)
+    data = l2_normalize(X) if normalize else X
+    labels = np.empty((len(seeds), n), dtype=np.int64)
+    centroids = np.empty((len(seeds), k, d), dtype=np.float32)
+    objective = np.empty(len(seeds), dtype=np.float64)
+    run = partial(_kmeans_once, faiss, data, k, niter=niter, tol=tol, normalize=normalize, method=method, gpu=gpu)
+    # FAISS assigns points in blocks of 4096 rows: one matrix product per block and iteration.
+    # For small k these products are too small to share between threads (and on a busy machine
+    # OpenMP barriers stall), so then each seed runs on one thread, several seeds at a time.
+    step = 2 * min(n, 4096) * k * d
+    workers = 1 if gpu or step >= SMALL_WORK else min(len(seeds), torch.get_num_threads())
+    with threads_for(step):
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(partial(_one_thread, run), seeds))
+        else:
+            results = [run(seed) for seed in seeds]
+    for i, (assigned, centres, final) in enumerate(results):
+        labels[i], centroids[i], objective[i] = assigned, centres, final
+    return KMeansResult(
+        labels=labels,
+        centroids=centroids,
+        objective=objective,
+        seeds=seeds,
+        k=k,
+        normalize=bool(normalize),
+        niter=int(niter),
+        tol=float(tol),
+        init=init,
+        gpu=gpu,
+        settings={"k": k, "normalize": bool(normalize), "seeds": list(seeds), "niter": int(niter),
+                  "tol": float(tol), "init": init},
+    )
+
+
+def _pair(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
+    y = as_labels(labels_true, name="labels_true")
+    c = as_labels(labels_pred, n=y.shape[0], name="labels_pred")
+    if y.size == 0:
+        raise MetricsError("labels are empty: there is nothing to compare.")
+    return y, c
+
+
+def nmi(labels_true, labels_pred) -> float:
+    """Normalised mutual information (arithmetic mean normalisation, as scikit-learn)."""
+    y, c = _pair(labels_true, labels_pred)
+    return float(normalized_mutual_info_score(y, c))
+
+
+def ari(labels_true, labels_pred) -> float:
+    """Adjusted Rand index (scikit-learn's)."""
+    y, c = _pair(labels_true, labels_pred)
+    return float(adjusted_rand_score(y, c))
+
+
+def clustering_accuracy(labels_true, labels_pred) -> float:
+    """Accuracy of the best one-to-one matching of clusters to classes (Hungarian algorithm).
+
+    With more clusters than classes (or fewer) the unmatched clusters count as errors. Returns a
+    fraction in [0, 1].
+    """
+    y, c = _pair(labels_true, labels_pred)
+    table = contingency_matrix(y, c)  # (classes, clusters)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / y.shape[0])
+
+
+AGREEMENT = {"nmi": nmi, "ari": ari, "cluster_acc": clustering_accuracy}
+
+
+def cluster_agreement(labels_true, result: KMeansResult, metrics=tuple(AGREEMENT)) -> dict[str, tuple[float, float]]:
+    """Mean and standard deviation over seeds of NMI, ARI and clustering accuracy.
+
+    Returns ``{name: (mean, std)}`` for each name in ``metrics`` (``nmi``, ``ari``,
+    ``cluster_acc``); std is the population std over seeds (0 for one seed).
+    """
+    y = as_labels(labels_true, n=result.labels.shape[1], name="labels_true")
+    out = {}
+    for name in metrics:
+        if name not in AGREEMENT:
+            raise MetricsError(f"Unknown agreement metric {name!r}: use {', '.join(AGREEMENT)}.")
+        values = np.array([AGREEMENT[name](y, labels) for labels in result.labels])
+        out[name] = (float(values.mean()), float(values.std()))
+    return out
+
+
+def davies_bouldin(X, labels) -> float:
+    """Davies-Bouldin index of ``labels`` (n,) on ``X`` (n, d), scikit-learn's; lower is better."""
+    X = as_features(X)
+    y = as_labels(labels, n=X.shape[0])
+    check_two_classes(y)
+    return float(davies_bouldin_score(X, y))
+
+
+def calinski_harabasz(X, labels) -> float:
+    """Calinski-Harabasz index of ``labels`` (n,) on ``X`` (n, d), scikit-learn's; higher is better."""
+    X = as_features(X)
+    y = as_labels(labels, n=X.shape[0])
+    check_two_classes(y)
+    return float(calinski_harabasz_score(X, y))
+
+
+def _label_free_one(name: str, X: np.ndarray, labels: np.ndarray) -> float:
+    if np.unique(labels).size < 2:  # k-means left a single non-empty cluster
+        return math.nan
+    score = davies_bouldin_score if name == "davies_bouldin" else calinski_harabasz_score
+    return float(score(X, labels))
+
+
+LABEL_FREE = ("davies_bouldin", "calinski_harabasz")
+
+
+def cluster_validity(X, result: KMeansResult, metrics=LABEL_FREE) -> dict[str, tuple[float, float]]:
+    """Davies-Bouldin (lower is better) and Calinski-Harabasz (higher is better) of k-means labels.
+
+    Label-free: computed on the features k-means saw (L2-normalised when ``result.normalize``)
+    for each seed's clustering, via scikit-learn. Returns ``{name: (mean, std)}`` over seeds.
+    """
+    X = as_features(X, "features")
+    if X.shape[0] != result.labels.shape[1]:
+        raise MetricsError(
+            f"The k-means result has {result.labels.shape[1]} labels but the features have {X.shape[0]} rows."
+        )
+    data = l2_normalize(X) if result.normalize else X
+    out = {}
+    for name in metrics:
+        if name not in LABEL_FREE:
+            raise MetricsError(f"Unknown cluster validity index {name!r}: use {', '.join(LABEL_FREE)}.")
+        values = np.array([_label_free_one(name, data, labels) for labels in result.labels])
+        values = values[np.isfinite(values)]
+        out[name] = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    return out

@@ -1,0 +1,87 @@
+"""``clusterprobe metrics`` on banks made by ``clusterprobe extract``."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cli import metrics as metrics_command
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "200"}
+
+
+@pytest.fixture
+def app():
+    app = typer.Typer()
+    metrics_command.register(app)
+
+    @app.callback()
+    def _root():  # keeps `metrics` a sub-command, as in cli/main.py
+        pass
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def extracted_run(tmp_path_factory):
+    """A run directory with train and test banks of the digits set, written by `clusterprobe extract`."""
+    from conftest import tiny_model
+
+    from cli.main import app as main_app
+    from clusterprobe import save_checkpoint
+    from clusterprobe.metrics._device import threads_for
+
+    path = tmp_path_factory.mktemp("cli-metrics") / "run" / "checkpoints" / "epoch_0003.pt"
+    with threads_for(0):  # tiny models: one thread avoids OpenMP contention on a busy machine
+        save_checkpoint(path, tiny_model(), epoch=3, step=30, method="resa", momentum_model=tiny_model(seed=1),
+                        dataset="digits", run="run")
+        for split in ("train", "test"):
+            result = runner.invoke(main_app, ["extract", str(path), "--layers", "H,Z", "--dataset", "digits",
+                                              "--split", split])
+            assert result.exit_code == 0, result.output
+    return path.parent.parent
+
+
+def test_metrics_on_an_extracted_run_prints_tables_and_writes_the_cache(app, extracted_run, tmp_path):
+    out = tmp_path / "table.csv"
+    (extracted_run / "metrics.csv").unlink(missing_ok=True)
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--metrics", "nmi,ari,silhouette,linear,knn", "--output", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    for text in ("run · resa · epoch 3 · train", "epoch 3 · test", "NMI", "ARI", "sil(y)", "sil(km) sd",
+                 "linear@1", "kNN@1", "probes: train->test", "k = number of classes"):
+        assert text in result.output, text
+    cache = extracted_run / "metrics.csv"
+    assert f"cached in {cache}" in result.output.replace("\n", "")
+    table = pd.read_csv(out)
+    assert set(table.layer) == {"H", "Z"} and set(table.split) == {"train", "test"}
+    assert len(pd.read_csv(cache)) == len(table)
+    # asking again is answered from the cache, with the same numbers
+    again = runner.invoke(app, ["metrics", str(extracted_run), "--metrics", "nmi,ari,silhouette,linear,knn", "--output", str(out)], env=WIDE)
+    assert again.exit_code == 0 and again.output == result.output
+    pd.testing.assert_frame_equal(pd.read_csv(out), table)
+
+
+def test_metrics_options_reach_the_library(app, extracted_run, tmp_path):
+    bank = extracted_run / "features" / "test" / "epoch_0003"
+    out = tmp_path / "t.parquet"
+    result = runner.invoke(app, ["metrics", str(bank), "-m", "nmi,silhouette", "--k", "4", "--seeds", "0,7",
+                                 "--distance", "euclidean", "--raw", "-l", "Z", "--no-cache", "-o", str(out)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert set(table.layer) == {"Z"} and set(table.k.dropna()) == {4} and set(table.seeds) - {""} == {"0,7"}
+    assert set(table[table.metric == "silhouette_true"].distance) == {"euclidean"}
+    assert not (bank.parent / "epoch_0003.metrics.csv").exists()  # --no-cache
+
+
+def test_metrics_errors_are_one_clean_paragraph(app, extracted_run, tmp_path):
+    result = runner.invoke(app, ["metrics", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "does not exist" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--distance", "manhattan"])
+    assert result.exit_code == 1 and "distance must be 'cosine' or 'euclidean'" in result.output
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--k", "100000", "-m", "nmi"])
+    assert result.exit_code == 1 and "larger than the number of samples" in result.output
+    result = runner.invoke(app, ["metrics", str(extracted_run), "-m", "nmj"])
+    assert result.exit_code == 1 and "Did you mean 'nmi'" in result.output
