@@ -3,8 +3,6 @@ registers itself with ``register(app)``; every one of them is a thin wrapper of 
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
 app = typer.Typer(
@@ -15,15 +13,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("cli.extract", "cli.metrics", "cli.train", "cli.report")
+from . import extract, metrics, report, train  # noqa: E402  (each registers its commands)
 
-for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as _error:  # a command module not written yet
-        if _error.name != _name:
-            raise
-        continue
+for _module in (extract, metrics, train, report):
     _module.register(app)
 
 
