@@ -127,3 +127,33 @@ def test_notebook_runs_on_a_tiny_bank(report, tmp_path):
                 os.environ[key] = value
     outputs = json.dumps([cell.get("outputs", []) for cell in notebook.cells])
     assert "FeatureBank(" in outputs and "image/png" in outputs and '"error"' not in outputs
+
+
+def test_coarse_labels_give_the_fine_vs_coarse_figure(tmp_path):
+    """A CIFAR-100-like ImageFolder (100 fine classes in 20 super-classes, 3 images each)."""
+    import numpy as np
+    from PIL import Image
+
+    from clusterprobe.data import CIFAR100_COARSE_OF
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name, coarse in CIFAR100_COARSE_OF.items():
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(3):  # images of one super-class share a hue, so coarse structure exists
+                pixels = rng.integers(0, 60, (32, 32, 3)) + np.array([coarse * 9, 200 - coarse * 9, 100])
+                Image.fromarray(pixels.clip(0, 255).astype("uint8")).save(tmp_path / "data" / split / name / f"{i}.png")
+    runs = tmp_path / "runs"
+    make_run(runs / "simclr", "simclr", [0, 1], dataset="cifar100", in_channels=3)
+    result = build_report(runs, settings=ReportSettings(data_root=str(tmp_path / "data"), umap=False,
+                                                        metric_overrides={"seeds": 1, "metrics": "nmi,ari,silhouette"}),
+                          progress=False)
+    assert result.figures["fine_vs_coarse"].stat().st_size > 10_000
+    coarse = pd.read_csv(runs / "report" / "cache" / "simclr" / "coarse_labels_metrics.csv")
+    fine = pd.read_csv(runs / "report" / "cache" / "simclr" / "fine_labels_metrics.csv")
+    kmeans = lambda table: table[table["metric"].isin(["nmi", "ari"])]  # noqa: E731
+    assert set(coarse["layer"]) == {"H", "P0", "P1", "Z"}
+    assert (kmeans(coarse)["k"] == 20).all() and (kmeans(fine)["k"] == 100).all()
+    # The super-classes share a hue: they are easier to cluster than the 100 fine classes.
+    h_silhouette = lambda table: float(table[(table.layer == "H") & (table.metric == "silhouette_true")]["value"].iloc[0])  # noqa: E731
+    assert h_silhouette(coarse) > h_silhouette(fine)

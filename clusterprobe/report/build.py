@@ -137,8 +137,9 @@ def _architecture(loaded: LoadedCheckpoint) -> str:
 
 
 def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict, progress: _Progress,
-                 warnings: list[str]) -> pd.DataFrame | None:
-    """Extract and evaluate every epoch of one run; None when the run is skipped."""
+                 warnings: list[str]) -> tuple[pd.DataFrame, Path] | None:
+    """Extract and evaluate every epoch of one run: (metrics, last epoch's test bank), or None
+    when the run is skipped."""
     from ..metrics import evaluate
 
     epochs = [e for e in run.epochs if settings.epochs is None or e in settings.epochs]
@@ -151,6 +152,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     root = _cache_root(run, out)
     reference: tuple[int, str] | None = None
     done_epochs = []
+    test_bank = None
     for epoch in epochs:
         progress.describe(f"{run.name} epoch {epoch}")
         try:
@@ -173,9 +175,11 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                   or "." in layer]
         for split, dataset in data.items():
             folder = split if dataset_name == (run.dataset or dataset_name) else f"{dataset_name}-{split}"
-            extract_features(loaded, dataset, root / "features" / folder / f"epoch_{epoch:04d}", layers=layers,
-                             batch_size=settings.batch_size, device=settings.device, progress=False,
-                             extra_meta={"run": run.name, "method": run.method, "epoch": epoch})
+            bank = extract_features(loaded, dataset, root / "features" / folder / f"epoch_{epoch:04d}",
+                                    layers=layers, batch_size=settings.batch_size, device=settings.device,
+                                    progress=False, extra_meta={"run": run.name, "method": run.method, "epoch": epoch})
+            if split == "test":
+                test_bank = bank.path
         done_epochs.append(epoch)
         progress.advance()
     if not done_epochs:
@@ -186,47 +190,36 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     table = table.copy()
     table["run"] = run.name
     table["method"] = run.method or table["method"]
-    return table
+    return table, test_bank
 
 
-def _umap_embeddings(runs: Sequence[Run], table: pd.DataFrame, out: Path, settings: ReportSettings):
+def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings):
     from ..bank import FeatureBank
     from .embedding import cached_bank_embedding
 
     embeddings, class_names = {}, None
-    for run in runs:
-        rows = table[table["run"] == run.name]
-        if rows.empty:
-            continue
-        epoch = int(rows["epoch"].max())
-        candidates = sorted((_cache_root(run, out) / "features").glob(f"*test/epoch_{epoch:04d}"))
-        if not candidates:
-            continue
-        bank = FeatureBank.open(candidates[0])
+    for run_name, path in test_banks.items():
+        bank = FeatureBank.open(path)
         class_names = class_names or bank.class_names
         for layer in bank.layers:
-            embeddings[(run.name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
+            embeddings[(run_name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
                                                                   max_points=settings.umap_max_points)
     return embeddings, class_names
 
 
-def _coarse_table(runs: Sequence[Run], table: pd.DataFrame, out: Path) -> pd.DataFrame | None:
+def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path) -> pd.DataFrame | None:
     """Fine vs coarse clustering metrics at the last epoch, for banks with coarse labels."""
     from ..bank import FeatureBank
     from ..metrics import evaluate_arrays
 
     frames = []
     for run in runs:
-        rows = table[table["run"] == run.name]
-        if rows.empty:
+        if run.name not in test_banks:
             continue
-        epoch = int(rows["epoch"].max())
-        candidates = sorted((_cache_root(run, out) / "features").glob(f"*test/epoch_{epoch:04d}"))
-        if not candidates:
-            continue
-        bank = FeatureBank.open(candidates[0])
+        bank = FeatureBank.open(test_banks[run.name])
         if bank.coarse_labels is None:
             continue
+        epoch = bank.meta.get("epoch")
         features = {layer: bank[layer] for layer in bank.layers}
         for granularity, labels in (("fine", bank.labels), ("coarse", bank.coarse_labels)):
             frame = evaluate_arrays(features, labels, metrics="nmi,ari,silhouette", run=run.name,
@@ -255,12 +248,13 @@ def build_report(
     total = sum(len([e for e in r.epochs if settings.epochs is None or e in settings.epochs]) for r in runs)
     bar = _Progress(total, progress)
     data_cache: dict = {}
-    tables = []
+    tables, test_banks = [], {}
     try:
         for run in runs:
-            table = _analyse_run(run, settings, out, data_cache, bar, warnings)
-            if table is not None:
-                tables.append(table)
+            analysed_run = _analyse_run(run, settings, out, data_cache, bar, warnings)
+            if analysed_run is not None:
+                tables.append(analysed_run[0])
+                test_banks[run.name] = analysed_run[1]
         bar.describe("figures")
         if not tables:
             raise ClusterprobeError("No run could be analysed: " + "; ".join(warnings))
@@ -289,12 +283,12 @@ def build_report(
             warnings.append("only one epoch per run: the training-dynamics figure needs several")
         if settings.umap:
             bar.describe("UMAP")
-            embeddings, class_names = _umap_embeddings(analysed, table, out, settings)
+            embeddings, class_names = _umap_embeddings(test_banks, out, settings)
             if embeddings:
                 add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
                     f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
                     f"(at most {settings.umap_max_points} points per panel), coloured by class.")
-        coarse = _coarse_table(analysed, table, out)
+        coarse = _coarse_table(analysed, test_banks, out)
         if coarse is not None:
             add("fine_vs_coarse", "Fine vs coarse labels", fine_vs_coarse_figure(coarse, COARSE_PANELS),
                 "Clustering metrics against the fine classes and against the super-classes.")
