@@ -92,11 +92,12 @@ def _settings_line(settings) -> str:
 
 
 def _write(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from clusterprobe.io import atomic_write
+
     if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
+        atomic_write(path, lambda handle: frame.to_parquet(handle, index=False))
     else:
-        frame.to_csv(path, index=False)
+        atomic_write(path, lambda handle: frame.to_csv(handle, index=False), mode="w")
 
 
 @friendly_errors
