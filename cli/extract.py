@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
 def extract(
     checkpoint: Path = typer.Argument(..., help="Checkpoint: clusterprobe .pt, solo-learn .ckpt (args.json beside it) or a plain state dict."),
     layers: str = typer.Option("H,P0,P1,Z", "--layers", "-l", help="Comma-separated layer names (H, P0, P1, Z) or module paths (backbone.layer3)."),
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="cifar10, cifar100, digits (embedded, no files) or imagefolder."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data set directory (torchvision files or an ImageFolder tree)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="cifar10, cifar100, digits (embedded, no files) or imagefolder (default: the data set the checkpoint names, else digits)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data set directory (torchvision files or an ImageFolder tree; default for CIFAR: ./data)."),
     split: str = typer.Option("test", "--split", help="train or test."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bank directory (default: <run>/features/<split>/<epoch> beside the checkpoint)."),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
@@ -41,7 +41,13 @@ def extract(
     from clusterprobe.data import load_dataset
     from clusterprobe.extract import default_bank_path, extract_features
 
+    from clusterprobe.data import DATASETS
+
     loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
+    if dataset is None:
+        dataset = loaded.dataset if loaded.dataset in DATASETS else "digits"
+    if data_root is None and dataset in ("cifar10", "cifar100"):
+        data_root = Path("data")
     data = load_dataset(dataset, root=data_root, split=split, download=download, image_size=image_size)
     target = out or default_bank_path(loaded, dataset, split)
     bank = extract_features(

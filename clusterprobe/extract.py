@@ -229,8 +229,15 @@ def extract_features(
                 "--overwrite (overwrite=True) to replace it."
             )
 
+        first, _ = dataset[0]
+        expected = model.config.in_channels
+        if first.ndim != 3 or first.shape[0] != expected:
+            raise ClusterprobeError(
+                f"The model takes {expected}-channel images but the data set "
+                f"{description.get('name')!r} gives images of shape {tuple(first.shape)}. Extract "
+                "with the data set the checkpoint was trained on (--dataset)."
+            )
         with torch.inference_mode(), LayerCapture(model, specs) as capture:
-            first, _ = dataset[0]
             dims = {name: int(v.shape[1]) for name, v in capture.run(first.unsqueeze(0).to(device)).items()}
 
         coarse = getattr(dataset, "coarse_targets", None)

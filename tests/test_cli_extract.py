@@ -33,3 +33,16 @@ def test_cli_errors_are_one_clean_paragraph(own_checkpoint, tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.output
     result = runner.invoke(app, ["extract", str(path), "--dataset", "cifar10", "--data-root", str(tmp_path)])
     assert result.exit_code == 1 and "--download" in result.output
+
+
+def test_data_set_that_does_not_fit_the_model_is_explained(solo_checkpoint, tmp_path):
+    path, _, _ = solo_checkpoint  # a 3-channel CIFAR model
+    result = runner.invoke(app, ["extract", str(path), "--dataset", "digits", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "takes 3-channel images" in result.output and "(1, 8, 8)" in result.output
+
+
+def test_dataset_defaults_to_the_one_the_checkpoint_names(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint  # trained on digits
+    result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert FeatureBank.open(tmp_path / "b").meta["dataset"]["name"] == "digits"
