@@ -5,6 +5,7 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 
 from clusterprobe import save_checkpoint
 from clusterprobe.errors import ClusterprobeError
@@ -88,11 +89,18 @@ def test_bad_runs_are_skipped_with_reasons(tmp_path):
     save_checkpoint(tmp_path / "mixed" / "checkpoints" / "epoch_0001.pt",
                     tiny_model(projector=(32, 16)), epoch=1, method="byol", dataset="digits")
     make_run(tmp_path / "elsewhere", "vicreg", [0], dataset="cifar10")
+    diverged = tiny_model(seed=7)
+    with torch.no_grad():
+        diverged.projector[0].weight.fill_(float("nan"))
+    save_checkpoint(tmp_path / "good" / "checkpoints" / "epoch_0002.pt", diverged, epoch=2, method="resa",
+                    dataset="digits")
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     result = build_report(tmp_path, settings=ReportSettings(**FAST, umap=False), progress=False)
     text = "\n".join(result.warnings)
     assert set(result.table["run"]) == {"good", "corrupt"}
     assert "corrupt, epoch 1 skipped" in text and "truncated or corrupt" in text
+    assert "good, epoch 2 skipped" in text and "non-finite" in text
+    assert sorted(result.table.loc[result.table["run"] == "good", "epoch"].unique()) == [0, 1]
     assert "mixed skipped: its checkpoints have mixed architectures" in text
     assert "elsewhere skipped" in text and "cifar10" in text
     assert "empty" in text and "no checkpoints" in text

@@ -173,13 +173,19 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
             return None
         layers = [layer for layer in settings.layers if layer in loaded.model.layer_names()
                   or "." in layer]
-        for split, dataset in data.items():
-            folder = split if dataset_name == (run.dataset or dataset_name) else f"{dataset_name}-{split}"
-            bank = extract_features(loaded, dataset, root / "features" / folder / f"epoch_{epoch:04d}",
-                                    layers=layers, batch_size=settings.batch_size, device=settings.device,
-                                    progress=False, extra_meta={"run": run.name, "method": run.method, "epoch": epoch})
-            if split == "test":
-                test_bank = bank.path
+        try:
+            for split, dataset in data.items():
+                folder = split if dataset_name == (run.dataset or dataset_name) else f"{dataset_name}-{split}"
+                bank = extract_features(loaded, dataset, root / "features" / folder / f"epoch_{epoch:04d}",
+                                        layers=layers, batch_size=settings.batch_size, device=settings.device,
+                                        progress=False,
+                                        extra_meta={"run": run.name, "method": run.method, "epoch": epoch})
+                if split == "test":
+                    test_bank = bank.path
+        except ClusterprobeError as error:  # e.g. a diverged checkpoint's NaN features
+            warnings.append(f"run {run.name}, epoch {epoch} skipped: {error}")
+            progress.advance()
+            continue
         done_epochs.append(epoch)
         progress.advance()
     if not done_epochs:
