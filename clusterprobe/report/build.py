@@ -107,21 +107,9 @@ def _cache_root(run: Run, out: Path) -> Path:
     return run.path if run.kind == "clusterprobe" else out / "cache" / run.name
 
 
-def _run_config(run: Run) -> dict:
-    config_file = run.path / "config.yaml"
-    if run.kind != "clusterprobe" or not config_file.exists():
-        return {}
-    import yaml
-
-    try:
-        return yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-
-
 def _datasets_for(run: Run, settings: ReportSettings, cache: dict) -> tuple[str, dict[str, LabeledImageDataset]]:
     """The run's (train, test) data sets; raises ClusterprobeError when they are not available."""
-    config = _run_config(run)
+    config = run.config
     name = settings.dataset or run.dataset
     if not name:
         raise ClusterprobeError("its data set is unknown (no config.yaml/args.json naming it); pass --dataset")

@@ -36,6 +36,7 @@ class Run:
     method: str | None = None
     dataset: str | None = None
     checkpoints: dict[int, Path] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # a clusterprobe run's config.yaml
 
     @property
     def epochs(self) -> list[int]:
@@ -76,6 +77,7 @@ def _own_run(run_dir: Path, root: Path) -> Run:
         method=config.get("method"),
         dataset=dataset,
         checkpoints=dict(sorted(checkpoints.items())),
+        config=config,
     )
 
 
