@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clusterprobe import build_model
-from clusterprobe.extract import extract_features, resolve_device
+from clusterprobe.devices import resolve_device
+from clusterprobe.extract import extract_features
 
 
 class InMemoryImages(Dataset):

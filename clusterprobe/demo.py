@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .report import ReportResult, ReportSettings, build_report
+from .runs import RunLayout
 
 #: Settings shared by the demo's runs (the ReSA/BYOL CIFAR recipes, scaled to 8x8 digits on a CPU).
 DEMO_TRAINING = {
@@ -41,9 +42,9 @@ def run_demo(out: str | Path = "clusterprobe-demo", epochs: int = 6, progress: b
         run_dir = out / "runs" / method
         config = {**DEMO_TRAINING, **extra, "method": method, "epochs": epochs, "out": str(run_dir),
                   "device": device, "progress": progress}
-        finished = (run_dir / "checkpoints" / f"epoch_{epochs:04d}.pt").exists()
-        if not finished:
-            train(config, resume=(run_dir / "config.yaml").exists())
+        layout = RunLayout(run_dir)
+        if not layout.checkpoint_path(epochs).exists():
+            train(config, resume=layout.config_path.exists())
     result = build_report(out / "runs", out / "report", ReportSettings(device=device), progress=progress)
     result.elapsed_s = time.perf_counter() - started  # type: ignore[attr-defined]
     return result

@@ -45,6 +45,49 @@ class NonFiniteFeaturesError(ClusterprobeError, ValueError):
     """Captured or supplied features contain NaN or infinite values."""
 
 
+class DeviceError(ClusterprobeError, ValueError):
+    """A device name is unknown, or names a GPU this machine does not have."""
+
+
+class MetricsError(ClusterprobeError, ValueError):
+    """Inputs to a metric are unusable: wrong shapes, too few classes, k out of range, ..."""
+
+
+class ReportError(ClusterprobeError):
+    """A report cannot be built: no runs found, or none could be analysed."""
+
+
+# -- training ---------------------------------------------------------------------------------
+class TrainingError(ClusterprobeError):
+    """Training cannot start or cannot go on."""
+
+
+class TrainConfigError(TrainingError, ValueError):
+    """A training configuration is invalid (unknown method, batch too small, bad value...)."""
+
+
+class RunDirectoryError(TrainingError):
+    """The output directory holds another run, or a run cannot be resumed from it."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; training stopped before the bad update.
+
+    ``step`` is the 1-based number of the failed optimisation step (log.csv's ``step`` counts
+    completed steps, so its last row is ``step - 1``); ``epoch`` is 1-based too.
+    """
+
+    def __init__(self, message: str, step: int, epoch: int, last_checkpoint: str | None):
+        super().__init__(message)
+        self.step = step
+        self.epoch = epoch
+        self.last_checkpoint = last_checkpoint
+
+
+class CheckpointWriteError(TrainingError):
+    """A checkpoint could not be written (e.g. the disk is full); earlier ones are intact."""
+
+
 def closest_name(name: str, candidates) -> str:
     """Return ``" Did you mean 'x'?"`` for the closest candidate, or an empty string."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

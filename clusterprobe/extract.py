@@ -21,9 +21,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter
 from .checkpoints import LoadedCheckpoint, load_checkpoint
+from .devices import resolve_device
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint, read_json
 from .models import LayerSpec, SSLModel
+from .runs import FEATURES_DIR, parse_epoch, run_of_checkpoint
 
 DEFAULT_LAYERS = ("H", "P0", "P1", "Z")
 
@@ -78,18 +80,6 @@ class LayerCapture:
         if missing:
             raise LayerError(f"Layers {missing} were not reached by the model's forward pass.")
         return {s.name: self.outputs[s.name] for s in self.specs}
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> the CUDA device when one is present (the local rank's under torchrun), else CPU."""
-    if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ClusterprobeError("CUDA was requested (--device cuda) but no GPU is available; use --device cpu.")
-    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,8 +333,8 @@ def default_bank_path(checkpoint: LoadedCheckpoint, dataset_name: str, split: st
     ``<checkpoint folder>/features/<checkpoint name>/<dataset>-<split>``.
     """
     path = checkpoint.path
-    if path.parent.name == "checkpoints":
-        run_dir = path.parent.parent
+    run = run_of_checkpoint(path)
+    if run is not None:
         same = checkpoint.dataset in (None, dataset_name)
-        return run_dir / "features" / (split if same else f"{dataset_name}-{split}") / path.stem
-    return path.parent / "features" / path.stem / f"{dataset_name}-{split}"
+        return run.bank_path(split, parse_epoch(path.name, ".pt"), None if same else dataset_name)
+    return path.parent / FEATURES_DIR / path.stem / f"{dataset_name}-{split}"

@@ -14,6 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from clusterprobe.errors import NonFiniteFeaturesError
+from clusterprobe.errors import DeviceError
 from clusterprobe.metrics import MetricsError, knn_accuracy, linear_probe
 
 
@@ -166,8 +167,8 @@ def test_device_choice(split):
 
     Xtr, ytr, Xte, yte = split
     assert linear_probe(Xtr, ytr, Xte, yte, device="cpu").top1 == linear_probe(Xtr, ytr, Xte, yte).top1
-    with pytest.raises(MetricsError, match="Unknown device"):
+    with pytest.raises(DeviceError, match="Unknown device"):
         linear_probe(Xtr, ytr, device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(MetricsError, match="no CUDA GPU"):
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
             knn_accuracy(Xtr, ytr, device="cuda")

@@ -14,7 +14,7 @@ records the settings that produced it.
 
 from __future__ import annotations
 
-from ._validation import MetricsError
+from ..errors import MetricsError
 from .clustering import (
     KMeansResult,
     ari,

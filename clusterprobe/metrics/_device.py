@@ -1,4 +1,4 @@
-"""Device and thread choices shared by the metrics: torch and FAISS, GPU when present.
+"""FAISS and thread choices shared by the metrics (the torch device comes from :mod:`clusterprobe.devices`).
 
 Import FAISS only through :func:`faiss_module`. It imports torch first: with pip wheels each
 library ships its own OpenMP runtime, and importing FAISS before torch has crashed torch's
@@ -14,30 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from ._validation import MetricsError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _check_device(device: str) -> str:
-    device = str(device).lower()
-    if device.split(":")[0] not in DEVICES:
-        raise MetricsError(f"Unknown device {device!r}: use one of {', '.join(DEVICES)}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MetricsError(
-            f"device={device!r} was asked for, but torch sees no CUDA GPU here. Use device='auto' "
-            "(GPU when present, CPU otherwise) or device='cpu'."
-        )
-    return device
-
-
-def torch_device(device: str = "auto") -> torch.device:
-    """The torch device to compute on: CUDA when ``device`` is 'auto' and a GPU exists."""
-    device = _check_device(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
+from ..devices import resolve_device
 
 @lru_cache(maxsize=1)
 def faiss_module():
@@ -91,14 +68,10 @@ def faiss_gpu_count() -> int:
 
 def faiss_use_gpu(device: str = "auto") -> bool:
     """Whether FAISS should run on the GPU for ``device`` ('auto', 'cpu' or 'cuda')."""
-    device = _check_device(device)
-    if device == "cpu":
+    if resolve_device(device).type != "cuda":
         return False
-    available = faiss_gpu_count() > 0
-    if device.startswith("cuda") and not available:
-        # torch has a GPU but this FAISS build does not: FAISS falls back to the CPU.
-        return False
-    return available
+    # torch has a GPU; with the faiss-cpu build FAISS still runs on the CPU.
+    return faiss_gpu_count() > 0
 
 
 def faiss_search(database, queries, k: int, inner_product: bool, device: str = "auto"):

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ClusterprobeError, NonFiniteFeaturesError
-
-
-class MetricsError(ClusterprobeError, ValueError):
-    """Inputs to a metric are unusable: wrong shapes, too few classes, k out of range, ..."""
+from ..errors import MetricsError, NonFiniteFeaturesError
 
 
 def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:

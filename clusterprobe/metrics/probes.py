@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ._device import faiss_search, threads_for, torch_device
+from ..devices import resolve_device
+from ._device import faiss_search, threads_for
 from ._validation import (
     MetricsError,
     as_features,
@@ -271,7 +272,7 @@ def linear_probe(
     split = make_split(X_train, y_train, X_test, y_test, holdout, seed, what="linear probe")
     classes, ytr, yte = _encode_classes(split.y_train, split.y_test)
     standardize = (protocol == "lbfgs") if standardize is None else bool(standardize)
-    dev = torch_device(device)
+    dev = resolve_device(device)
     Xtr, Xte = _as_tensors(split, standardize, dev)
     target = torch.from_numpy(ytr).to(dev)
     torch.manual_seed(seed)

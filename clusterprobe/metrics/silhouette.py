@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ._device import threads_for, torch_device
+from ..devices import resolve_device
+from ._device import threads_for
 from ._validation import MetricsError, as_features, as_labels, l2_normalize
 
 METRICS = ("cosine", "euclidean")
@@ -213,7 +214,7 @@ def silhouette_samples_multi(
         with threads_for(n * X.shape[1] * sum(ks)):
             sums, self_distance = _cosine_sums(X, codes_list, ks)
     else:
-        dev = torch_device(device)
+        dev = resolve_device(device)
         step = min(n, block_size or _default_block(dev)) ** 2 * X.shape[1]  # one block product
         with threads_for(step if dev.type == "cpu" else float("inf")):
             sums, self_distance = _euclidean_sums(X, codes_list, ks, dev, block_size), 0.0

@@ -20,6 +20,7 @@ import numpy as np
 from ..bank import FeatureBank
 from ..errors import LayerError, closest_name
 from ..io import fingerprint
+from ..runs import FEATURES_DIR, parse_epoch
 from ._validation import MetricsError, as_features, as_labels
 
 
@@ -237,9 +238,6 @@ def check_pair(train: SplitData, test: SplitData, layers: Sequence[str]) -> None
 
 
 
-_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
-
-
 def _provenance(bank: FeatureBank, key: str):
     """``key`` (run, method, epoch) from the bank's checkpoint record, else from its top level."""
     value = (bank.meta.get("checkpoint") or {}).get(key)
@@ -251,8 +249,7 @@ def epoch_of(bank: FeatureBank) -> int | None:
     epoch = _provenance(bank, "epoch")
     if epoch is not None:
         return int(epoch)
-    match = _EPOCH_DIR.match(bank.path.name)
-    return int(match.group(1)) if match else None
+    return parse_epoch(bank.path.name)
 
 
 def group_from_banks(banks: dict[str, FeatureBank], run_hint: str = "") -> Group:
@@ -272,7 +269,7 @@ def find_banks(run_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
 
     Unfinished extractions (``*.partial``) and hidden directories are ignored.
     """
-    root = Path(run_dir) / "features"
+    root = Path(run_dir) / FEATURES_DIR
     found: dict[str, dict[str, Path]] = {}
     if not root.is_dir():
         return found

@@ -27,6 +27,7 @@ from ..data import LabeledImageDataset, load_dataset
 from ..errors import ClusterprobeError
 from ..extract import extract_features
 from ..io import atomic_write
+from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
 from .figures import (fine_vs_coarse_figure, layer_comparison_figure, save_figure,
                       training_dynamics_figure, umap_figure)
@@ -163,8 +164,8 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                   or "." in layer]
         try:
             for split, dataset in data.items():
-                folder = split if dataset_name == (run.dataset or dataset_name) else f"{dataset_name}-{split}"
-                bank = extract_features(loaded, dataset, root / "features" / folder / f"epoch_{epoch:04d}",
+                other = None if dataset_name == (run.dataset or dataset_name) else dataset_name
+                bank = extract_features(loaded, dataset, RunLayout(root).bank_path(split, epoch, other),
                                         layers=layers, batch_size=settings.batch_size, device=settings.device,
                                         progress=False,
                                         extra_meta={"run": run.name, "method": run.method, "epoch": epoch})

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ClusterprobeError
+from ..runs import CHECKPOINT_DIR, RunLayout
 
-_OWN_EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 _SOLO_EPOCH = re.compile(r"-ep=(\d+)\.ckpt$")
 
 
@@ -47,26 +47,13 @@ class Run:
         return max(self.checkpoints) if self.checkpoints else None
 
 
-def _read_own_config(run_dir: Path) -> dict:
-    config_file = run_dir / "config.yaml"
-    if not config_file.exists():
-        return {}
-    import yaml
-
+def _own_run(run_dir: Path, root: Path, warnings: list[str]) -> Run:
+    layout = RunLayout(run_dir)
     try:
-        config = yaml.safe_load(config_file.read_text()) or {}
-    except yaml.YAMLError:
-        return {}
-    return config if isinstance(config, dict) else {}
-
-
-def _own_run(run_dir: Path, root: Path) -> Run:
-    config = _read_own_config(run_dir)
-    checkpoints = {
-        int(m.group(1)): p
-        for p in (run_dir / "checkpoints").iterdir()
-        if (m := _OWN_EPOCH.match(p.name))
-    }
+        config = layout.read_config()
+    except ClusterprobeError as error:
+        warnings.append(f"run {_run_name(run_dir, root)}: {error}; its method and data set are unknown")
+        config = {}
     dataset = config.get("dataset")
     if isinstance(dataset, dict):
         dataset = dataset.get("name")
@@ -76,7 +63,7 @@ def _own_run(run_dir: Path, root: Path) -> Run:
         kind="clusterprobe",
         method=config.get("method"),
         dataset=dataset,
-        checkpoints=dict(sorted(checkpoints.items())),
+        checkpoints=layout.checkpoints(),
         config=config,
     )
 
@@ -116,18 +103,17 @@ def discover_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
         raise ClusterprobeError(f"No runs folder at {root}: the directory does not exist.")
     runs: list[Run] = []
     warnings: list[str] = []
-    candidates = {p.parent.parent for p in root.rglob("checkpoints/epoch_*.pt")}
-    candidates |= {p.parent for p in root.rglob("checkpoints") if p.is_dir()}
-    candidates |= {p for p in [root] if (p / "checkpoints").is_dir()}
+    candidates = {p.parent for p in root.rglob(CHECKPOINT_DIR) if p.is_dir()}
+    candidates |= {p for p in [root] if (p / CHECKPOINT_DIR).is_dir()}
     for run_dir in sorted(candidates):
         if "features" in run_dir.relative_to(root).parts:
             continue
-        run = _own_run(run_dir, root)
+        run = _own_run(run_dir, root, warnings)
         (runs if run.checkpoints else warnings).append(
             run if run.checkpoints else f"run {run.name} ({run_dir}) has no checkpoints yet: skipped"
         )
     solo_folders = {p.parent for p in root.rglob("*-ep=*.ckpt")} | {
-        p.parent for p in root.rglob("args.json") if not (p.parent / "checkpoints").exists()
+        p.parent for p in root.rglob("args.json") if not (p.parent / CHECKPOINT_DIR).exists()
     }
     for folder in sorted(solo_folders):
         run = _solo_run(folder, root)

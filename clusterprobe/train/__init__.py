@@ -12,13 +12,14 @@ options); several processes: ``torchrun --nproc_per_node N -m clusterprobe.train
 """
 
 from .config import METHOD_DEFAULTS, METHODS, TrainConfig, load_config_file, resolve_config, save_config
-from .errors import (CheckpointWriteError, NonFiniteLossError, RunDirectoryError, TrainConfigError,
+from ..errors import (CheckpointWriteError, NonFiniteLossError, RunDirectoryError, TrainConfigError,
                      TrainingError)
 from .losses import (ReSALoss, barlow_twins_loss, byol_loss, nt_xent_loss, resa_loss, swav_loss,
                      vicreg_loss)
 from .loop import train
 from .methods import METHOD_CLASSES, Method, OnlineNetwork, build_method, model_config_for
-from .run_dir import RunDirectory, checkpoint_name
+from ..runs import checkpoint_name
+from .run_dir import RunDirectory
 from .schedules import CosineEMASchedule, WarmupCosineSchedule
 from .sinkhorn import resa_target, sinkhorn_knopp
 from .views import VIEW_RECIPES, two_view_transform

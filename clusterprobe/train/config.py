@@ -23,9 +23,10 @@ from typing import Any, Mapping
 import yaml
 
 from ..data import DATASETS
-from ..errors import closest_name
+from ..devices import check_device_name
+from ..errors import ClusterprobeError, DeviceError, TrainConfigError, closest_name
 from ..models.backbones import BACKBONES
-from .errors import TrainConfigError
+from ..runs import read_config_file
 from .optim import OPTIMIZERS
 from .views import VIEW_RECIPES
 
@@ -201,23 +202,15 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainConfigError(f"Config file {path} does not exist.")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a dict.
 
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except Exception as error:  # yaml.YAMLError, tomllib.TOMLDecodeError
-        raise TrainConfigError(f"Config file {path} could not be parsed: {error}") from None
-    if not isinstance(data, dict):
-        raise TrainConfigError(f"Config file {path} must hold a mapping of fields, not {type(data).__name__}.")
-    return data
+    Raises:
+        TrainConfigError: missing, unparsable, or not a mapping.
+    """
+    try:
+        return read_config_file(path)
+    except ClusterprobeError as error:
+        raise TrainConfigError(str(error)) from None
 
 
 def save_config(config: TrainConfig, path: str | os.PathLike) -> Path:
@@ -339,13 +332,10 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
         _fail(f"amp_dtype must be bfloat16 or float16, got {config.amp_dtype!r}.")
     if config.num_workers is not None and config.num_workers < 0:
         _fail(f"num_workers must be >= 0, got {config.num_workers}.")
-    if config.device != "auto":
-        import torch
-
-        try:
-            torch.device(config.device)
-        except RuntimeError:
-            _fail(f"Unknown device {config.device!r}; use auto, cpu, cuda or cuda:N.")
+    try:
+        check_device_name(config.device)
+    except DeviceError as error:
+        _fail(str(error))
     if config.method == "swav" and config.options["num_prototypes"] < 1:
         _fail("swav's num_prototypes must be at least 1.")
     if config.method in ("resa", "swav") and config.options["sinkhorn_iterations"] < 1:

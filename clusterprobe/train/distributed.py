@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..devices import resolve_device
+
 
 @dataclass(frozen=True)
 class DistributedEnv:
@@ -57,16 +59,6 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU when CUDA is available, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", local_rank)
-    return resolved
-
-
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedEnv:
     """Start (or join) the process group that torchrun describes in the environment.
 
@@ -75,7 +67,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Distrib
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = resolve_device(device, local_rank)
+    resolved = resolve_device(device)
     if world <= 1:
         return DistributedEnv(device=resolved)
     if resolved.type == "cuda":

@@ -28,7 +28,7 @@ from ..checkpoints import save_checkpoint
 from ..data import default_data_root, load_dataset
 from . import distributed
 from .config import TrainConfig, resolve_config, save_config
-from .errors import CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError
+from ..errors import CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError
 from .loading import EpochSampler, SeededViews, build_loader, loader_settings, subset_indices
 from .methods import Method, build_method
 from .monitor import knn_accuracy, limited

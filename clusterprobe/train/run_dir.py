@@ -18,9 +18,7 @@ Layout of ``runs/NAME/``:
 from __future__ import annotations
 
 import csv
-import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,54 +26,25 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from .config import TrainConfig, config_differences, load_config_file
-from .errors import RunDirectoryError, TrainConfigError
-
-CHECKPOINT_PATTERN = re.compile(r"^epoch_(\d{4,})\.pt$")
+from ..errors import ClusterprobeError, RunDirectoryError
+from ..runs import CHECKPOINT_DIR, CONFIG_NAME, LAST_NAME, RunLayout
+from .config import TrainConfig, config_differences
 STEP_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "elapsed_s"]
 EPOCH_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "epoch_s", "knn_acc"]
 #: What a run directory may contain (``--overwrite`` removes only these).
-RUN_ENTRIES = ("config.yaml", "checkpoints", "last.pt", "log.csv", "epochs.csv", "tensorboard")
+RUN_ENTRIES = (CONFIG_NAME, CHECKPOINT_DIR, LAST_NAME, "log.csv", "epochs.csv", "tensorboard")
 
 
-def checkpoint_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.pt"
-
-
-class RunDirectory:
-    """Paths of one run and the checks made before training starts."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    config_path = property(lambda self: self.path / "config.yaml")
-    checkpoint_dir = property(lambda self: self.path / "checkpoints")
-    last_path = property(lambda self: self.path / "last.pt")
-    log_path = property(lambda self: self.path / "log.csv")
-    epochs_path = property(lambda self: self.path / "epochs.csv")
-    tensorboard_dir = property(lambda self: self.path / "tensorboard")
-
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.checkpoint_dir / checkpoint_name(epoch)
-
-    def checkpoints(self) -> dict[int, Path]:
-        """epoch -> checkpoint file, for every ``epoch_XXXX.pt`` present."""
-        if not self.checkpoint_dir.is_dir():
-            return {}
-        found = {}
-        for entry in self.checkpoint_dir.iterdir():
-            match = CHECKPOINT_PATTERN.match(entry.name)
-            if match:
-                found[int(match.group(1))] = entry
-        return dict(sorted(found.items()))
+class RunDirectory(RunLayout):
+    """A run's paths (:class:`~clusterprobe.runs.RunLayout`) and the checks made before training."""
 
     def holds_run(self) -> bool:
         return self.config_path.exists() or self.checkpoint_dir.exists()
 
     def saved_config(self) -> TrainConfig:
         try:
-            return TrainConfig.from_dict(load_config_file(self.config_path))
-        except TrainConfigError as error:
+            return TrainConfig.from_dict(self.read_config())
+        except ClusterprobeError as error:
             raise RunDirectoryError(f"Cannot resume from {self.path}: its config.yaml is unreadable ({error}).") from None
 
     def resume_point(self) -> Path | None:

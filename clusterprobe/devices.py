@@ -1,0 +1,49 @@
+"""The device torch computes on: one rule for extraction, training and the metrics.
+
+``"auto"`` means the GPU when torch sees one, else the CPU. Under ``torchrun`` a bare ``"cuda"``
+(or ``"auto"`` on a GPU machine) means this process's own GPU, ``cuda:$LOCAL_RANK``. Asking for a
+GPU that is not there is an error, never a silent fall-back to the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .errors import DeviceError
+
+#: The device names accepted everywhere (plus ``cuda:N``).
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(device: str | torch.device | None) -> str:
+    """Return ``device`` as a lower-case name after checking its spelling (not its presence).
+
+    Raises:
+        DeviceError: not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+    name = "auto" if device is None else str(device).strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in DEVICE_NAMES or (index and (kind != "cuda" or not index.isdigit())):
+        raise DeviceError(f"Unknown device {device!r}: use auto (GPU when present), cpu, cuda or cuda:N.")
+    return name
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The :class:`torch.device` for ``device`` ('auto', 'cpu', 'cuda' or 'cuda:N').
+
+    Raises:
+        DeviceError: the name is unknown, or it names a GPU and torch sees none.
+    """
+    name = check_device_name(device)
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device={name!r} was asked for, but torch sees no CUDA GPU here. Use device 'auto' "
+            "(GPU when present, CPU otherwise) or 'cpu'."
+        )
+    if name in ("auto", "cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)
