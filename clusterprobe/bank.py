@@ -27,6 +27,7 @@ import numpy as np
 
 from .errors import FeatureBankError, LayerError, NonFiniteFeaturesError, closest_name
 from .io import atomic_write_json, read_json, replace_directory
+from .linalg import l2_normalize
 
 BANK_FORMAT = "clusterprobe.feature_bank"
 BANK_FORMAT_VERSION = 1
@@ -204,8 +205,7 @@ class FeatureBank:
         """Features of ``layer`` loaded into memory, optionally L2-normalised row-wise."""
         x = np.asarray(self[layer], dtype=dtype)
         if normalize:
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            x = x / np.maximum(norms, np.finfo(dtype).tiny)
+            x = l2_normalize(x)
         return x
 
     def check_finite(self, layers: Iterable[str] | None = None) -> None:

@@ -120,11 +120,3 @@ def seed_list(seeds) -> tuple[int, ...]:
     if len(set(values)) != len(values):
         raise MetricsError(f"seeds {values} repeat a value; repeated seeds give identical runs.")
     return values
-
-
-def l2_normalize(X: np.ndarray) -> np.ndarray:
-    """Rows of ``X`` (n, d) scaled to unit L2 norm; all-zero rows stay zero. Returns a new array."""
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
-    scale = np.zeros_like(norms)
-    np.divide(1.0, norms, out=scale, where=norms > 0)
-    return X * scale.astype(X.dtype)[:, None]

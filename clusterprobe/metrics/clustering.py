@@ -27,13 +27,13 @@ from sklearn.metrics import (
 from sklearn.metrics.cluster import contingency_matrix
 
 from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, threads_for
+from ..linalg import l2_normalize
 from ._validation import (
     MetricsError,
     as_features,
     as_labels,
     check_k,
     check_two_classes,
-    l2_normalize,
     seed_list,
 )
 

@@ -47,11 +47,11 @@ from ..bank import FeatureBank
 from ..errors import FeatureBankError, closest_name
 from ..io import fingerprint
 from . import clustering, probes, silhouette, spectra
+from ..linalg import l2_normalize
 from ._validation import (
     MetricsError,
     check_k,
     check_two_classes,
-    l2_normalize,
     seed_list,
 )
 from .cache import COLUMNS, MetricsCache, coerce

@@ -31,13 +31,13 @@ import torch
 
 from ..devices import resolve_device
 from ._device import faiss_search, threads_for
+from ..linalg import l2_normalize
 from ._validation import (
     MetricsError,
     as_features,
     as_labels,
     check_same_dim,
     check_two_classes,
-    l2_normalize,
 )
 
 PROBE_PROTOCOLS = ("lbfgs", "reference")

@@ -24,7 +24,8 @@ import torch
 
 from ..devices import resolve_device
 from ._device import threads_for
-from ._validation import MetricsError, as_features, as_labels, l2_normalize
+from ..linalg import l2_normalize
+from ._validation import MetricsError, as_features, as_labels
 
 METRICS = ("cosine", "euclidean")
 

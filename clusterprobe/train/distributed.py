@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -194,8 +193,3 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         if new is not child:
             setattr(module, name, new)
     return module
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise L2 normalisation (``F.normalize(x, dim=1)``)."""
-    return F.normalize(x, dim=1)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .distributed import normalize
+from ..linalg import l2_normalize
 from .sinkhorn import resa_target
 
 
@@ -70,8 +70,8 @@ def resa_loss(
     if len(z) != 2 or len(z_momentum) != 2:
         raise ValueError("resa_loss expects two views: z=[z_0, z_1], z_momentum=[z'_0, z'_1].")
     target = target.detach().float()
-    online = [normalize(v.float()) for v in z]
-    momentum = [normalize(v.detach().float()) for v in z_momentum]
+    online = [l2_normalize(v.float()) for v in z]
+    momentum = [l2_normalize(v.detach().float()) for v in z_momentum]
     if target.shape != (online[0].shape[0], momentum[0].shape[0]):
         raise ValueError(
             f"target has shape {tuple(target.shape)} but z has {online[0].shape[0]} rows and "
@@ -138,7 +138,7 @@ def nt_xent_loss(z0: torch.Tensor, z1: torch.Tensor, temperature: float = 0.2) -
         the 2B - 1 candidates being every other embedding of the global batch (gathered from all
         ranks with gradient under DDP).
     """
-    a0, a1 = normalize(z0.float()), normalize(z1.float())
+    a0, a1 = l2_normalize(z0.float()), l2_normalize(z1.float())
     m = a0.shape[0]
     k0, k1 = distributed.gather(a0, grad=True), distributed.gather(a1, grad=True)
     b = k0.shape[0]
@@ -164,8 +164,8 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     The method sums both directions: ``byol_loss(p_0, z'_1) + byol_loss(p_1, z'_0)``.
     """
-    p = normalize(prediction.float())
-    t = normalize(target.detach().float())
+    p = l2_normalize(prediction.float())
+    t = l2_normalize(target.detach().float())
     return (2 - 2 * (p * t).sum(dim=1)).mean()
 
 

@@ -27,7 +27,8 @@ from ..models.backbones import backbone_out_dim
 from ..models.heads import head_dims
 from . import distributed
 from .config import TrainConfig
-from .distributed import DistributedEnv, normalize
+from ..linalg import l2_normalize
+from .distributed import DistributedEnv
 from .losses import ReSALoss, barlow_twins_loss, byol_loss, nt_xent_loss, swav_loss, vicreg_loss
 from .schedules import CosineEMASchedule
 from .sinkhorn import sinkhorn_knopp
@@ -68,7 +69,7 @@ class OnlineNetwork(nn.Module):
             if self.model.predictor is not None:
                 out["p"] = self.model.predict(z)
             if self.prototypes is not None:
-                out["scores"] = self.prototypes(normalize(z))
+                out["scores"] = self.prototypes(l2_normalize(z))
             outputs.append(out)
         return outputs
 
@@ -279,7 +280,7 @@ class SwAV(Method):
     def training_step(self, views, step, epoch):
         with torch.no_grad():
             weight = self.online.prototypes.weight
-            weight.copy_(normalize(weight))
+            weight.copy_(l2_normalize(weight))
         outputs = self.forward_online(views)
         scores = [out["scores"] for out in outputs]
         codes = [self._codes(s.detach().float(), v, epoch) for v, s in enumerate(scores)]
@@ -288,7 +289,7 @@ class SwAV(Method):
             with torch.no_grad():
                 m = outputs[0]["z"].shape[0]
                 for v, out in enumerate(outputs):
-                    fresh = normalize(out["z"].detach().float())
+                    fresh = l2_normalize(out["z"].detach().float())
                     self.queue[v] = torch.cat([fresh, self.queue[v]])[: self.queue.shape[1]]
                 self.queue_filled = min(self.queue.shape[1], self.queue_filled + m)
         return loss, {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import distributed
-from .distributed import normalize
+from ..linalg import l2_normalize
 
 
 @torch.no_grad()
@@ -80,8 +80,8 @@ def resa_target(
         (m, B) float32 target A with rows summing to 1 (B = global batch, m in one process).
     """
     with torch.autocast(device_type=h.device.type, enabled=False):
-        h = normalize(h.detach().float())
-        h_m = normalize(h_momentum.detach().float())
+        h = l2_normalize(h.detach().float())
+        h_m = l2_normalize(h_momentum.detach().float())
         if not gathered:
             h_m = distributed.gather(h_m)
         return sinkhorn_knopp(h @ h_m.t(), epsilon=epsilon, iterations=iterations)
