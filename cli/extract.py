@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -38,24 +39,15 @@ def extract(
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
     from clusterprobe.checkpoints import load_checkpoint
-    from clusterprobe.data import load_dataset
-    from clusterprobe.extract import default_bank_path, extract_features
-
-    from clusterprobe.data import DATASETS
+    from clusterprobe.extract import checkpoint_dataset, extract_features
 
     loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
-    if dataset is None:
-        dataset = loaded.dataset if loaded.dataset in DATASETS else "digits"
-    if data_root is None and dataset in ("cifar10", "cifar100"):
-        data_root = Path("data")
-    data = load_dataset(dataset, root=data_root, split=split, download=download, image_size=image_size)
-    target = out or default_bank_path(loaded, dataset, split)
+    data = checkpoint_dataset(loaded, dataset, split=split, root=data_root, download=download,
+                              image_size=image_size)
     bank = extract_features(
-        loaded, data, target, layers=split_list(layers) or [], batch_size=batch_size, device=device,
+        loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
         num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation,
     )
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items())
         typer.echo(f"wrote {bank.n} samples ({dims}) to {bank.path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter
 from .checkpoints import LoadedCheckpoint, load_checkpoint
+from .data import DATASETS, LabeledImageDataset, load_dataset
 from .devices import resolve_device
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint, read_json
@@ -147,10 +149,55 @@ def _dataset_description(dataset: Dataset) -> dict[str, Any]:
     return description
 
 
+#: Where CIFAR's files are looked for when no root is given (the project's ``data/`` folder).
+DEFAULT_DATA_ROOT = Path("data")
+
+
+def checkpoint_dataset(
+    checkpoint: LoadedCheckpoint,
+    name: str | None = None,
+    *,
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+) -> LabeledImageDataset:
+    """The data set to extract ``checkpoint`` on, with its evaluation transform.
+
+    ``name`` defaults to the data set the checkpoint names (``digits`` when it names none or
+    one this toolkit does not know); CIFAR's ``root`` defaults to :data:`DEFAULT_DATA_ROOT`.
+    """
+    if name is None:
+        name = checkpoint.dataset if checkpoint.dataset in DATASETS else "digits"
+    if root is None and name in ("cifar10", "cifar100"):
+        root = DEFAULT_DATA_ROOT
+    return load_dataset(name, root=root, split=split, download=download, image_size=image_size)
+
+
+@dataclass
+class _Extraction:
+    """One extraction's fixed inputs, shared by its steps."""
+
+    model: SSLModel
+    specs: list[LayerSpec]
+    dataset: Dataset
+    device: torch.device
+    rank: int
+    world: int
+    batch_size: int
+    num_workers: int
+    progress: bool
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+
 def extract_features(
     source: str | os.PathLike | LoadedCheckpoint | SSLModel,
-    dataset: Dataset,
-    out: str | os.PathLike,
+    dataset: Dataset | None = None,
+    out: str | os.PathLike | None = None,
+    *,
     layers: Iterable[str] = DEFAULT_LAYERS,
     batch_size: int = 256,
     device: str | torch.device = "auto",
@@ -167,114 +214,56 @@ def extract_features(
     Args:
         source: checkpoint path, :class:`LoadedCheckpoint` or :class:`SSLModel`.
         dataset: yields ``(image tensor, label)``; ``LabeledImageDataset`` also supplies coarse
-            labels, class names and provenance.
+            labels, class names and provenance. Default: the test split of the data set the
+            checkpoint names (:func:`checkpoint_dataset`).
         out: bank directory. If it already holds the same bank (same checkpoint, layers, data
             and transform), it is returned without recomputation; a different bank is refused
-            unless ``overwrite``.
+            unless ``overwrite``. Default (for a checkpoint file): :func:`default_bank_path`,
+            e.g. ``<run>/features/test/epoch_0010``.
         layers: names such as ``H``, ``P0``, ``P1``, ``Z`` or module paths (``backbone.layer3``).
         pre_activation: tap P_i before the activation instead of after it.
         chunk_batches: batches per resumable chunk (default: about 8,192 rows a chunk).
         check_finite: refuse to write features holding NaN/inf (the error names layer and count).
+        progress: show a progress bar (rank 0 only).
+        extra_meta: more provenance for ``meta.json`` (e.g. run, method, epoch).
 
     Returns:
         The finished :class:`FeatureBank` (rows in data set order). Under torchrun every rank
         returns it.
     """
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint(source)
+    if dataset is None:
+        if not isinstance(source, LoadedCheckpoint):
+            raise ClusterprobeError("Pass the data set to extract an in-memory model on (dataset=...).")
+        dataset = checkpoint_dataset(source)
+    out = Path(out) if out is not None else _default_out(source, dataset)
     model, checkpoint_info = _as_model(source)
-    layers = [layer.strip() for layer in layers if layer.strip()]
-    if not layers:
-        raise LayerError(f"No layers requested; this model offers {', '.join(model.layer_names())}.")
-    if len(set(layers)) != len(layers):
-        raise LayerError(f"Layers requested twice: {layers}.")
-    specs = [model.resolve_layer(name, pre_activation=pre_activation) for name in layers]
+    specs = _layer_specs(model, layers, pre_activation)
     if batch_size < 1:
         raise ClusterprobeError(f"batch_size must be at least 1, got {batch_size}.")
-    n = len(dataset)
-    if n == 0:
+    if len(dataset) == 0:
         raise ClusterprobeError("The data set is empty: there is nothing to extract.")
 
     device = resolve_device(device)
     rank, world, owns_group = _distributed_context(device)
-    model = model.to(device).eval()
-    out = Path(out)
+    job = _Extraction(model.to(device).eval(), specs, dataset, device, rank, world, batch_size,
+                      num_workers, progress and rank == 0)
     description = _dataset_description(dataset)
-    settings = {
-        "checkpoint": {k: checkpoint_info.get(k) for k in ("sha256", "branch", "path")}
-        if checkpoint_info.get("sha256")
-        else checkpoint_info,
-        "layers": [s.to_dict() for s in specs],
-        "dataset": description,
-    }
-    key = fingerprint(settings)
+    key = _bank_fingerprint(checkpoint_info, specs, description)
     try:
-        if (out / "meta.json").exists() and not overwrite:
-            existing = read_json(out / "meta.json")
-            if existing.get("fingerprint") == key:
-                return FeatureBank.open(out)
-            raise FeatureBankError(
-                f"{out} already holds a different feature bank (made from "
-                f"{existing.get('checkpoint', {}).get('path')}, layers "
-                f"{existing.get('layer_order')}, {existing.get('dataset', {}).get('name')}/"
-                f"{existing.get('dataset', {}).get('split')}). Choose another --out, or pass "
-                "--overwrite (overwrite=True) to replace it."
-            )
-
-        first, _ = dataset[0]
-        expected = model.config.in_channels
-        if first.ndim != 3 or first.shape[0] != expected:
-            raise ClusterprobeError(
-                f"The model takes {expected}-channel images but the data set "
-                f"{description.get('name')!r} gives images of shape {tuple(first.shape)}. Extract "
-                "with the data set the checkpoint was trained on (--dataset)."
-            )
-        with torch.inference_mode(), LayerCapture(model, specs) as capture:
-            dims = {name: int(v.shape[1]) for name, v in capture.run(first.unsqueeze(0).to(device)).items()}
-
-        coarse = getattr(dataset, "coarse_targets", None)
-        writer_args = dict(n=n, dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
-                           fingerprint=key, overwrite=overwrite)
-        if rank == 0:
-            writer = BankWriter(out, create=True, **writer_args)
-        _barrier(world)
-        if rank != 0:
-            writer = BankWriter(out, create=False, **writer_args)
-
+        existing = _reusable_bank(out, key, overwrite)
+        if existing is not None:
+            return existing
+        dims = _layer_dims(job, description)
+        writer = _open_writer(job, out, dims, key, overwrite)
         chunk = batch_size * (chunk_batches or max(1, math.ceil(8192 / batch_size)))
-        n_chunks = math.ceil(n / chunk)
-        mine = [c for c in range(n_chunks) if c % world == rank and not writer.chunk_done(c)]
-        indices = [i for c in mine for i in range(c * chunk, min(n, (c + 1) * chunk))]
-        nonfinite = {name: 0 for name in layers}
-        if indices:
-            _extract_chunks(model, specs, dataset, writer, mine, indices, chunk, n, batch_size,
-                            device, num_workers, coarse, nonfinite, progress and rank == 0)
-        nonfinite = _all_reduce_counts(nonfinite, world, device)
-        bad = {name: count for name, count in nonfinite.items() if count}
-        if check_finite and bad:
-            _barrier(world)
-            if rank == 0:
-                import shutil
-
-                shutil.rmtree(writer.partial, ignore_errors=True)
-            raise NonFiniteFeaturesError(
-                "The model produced non-finite (NaN/inf) features: "
-                + ", ".join(f"layer {name}: {count} values" for name, count in bad.items())
-                + ". No bank was written. The checkpoint may come from a diverged run; try an "
-                "earlier epoch, or pass check_finite=False to write the features anyway."
-            )
+        nonfinite = _extract_pending_chunks(job, writer, chunk)
+        if check_finite:
+            _refuse_nonfinite(job, writer, nonfinite)
         _barrier(world)
         if rank == 0:
-            meta = {
-                "layers": {s.name: s.to_dict() for s in specs},
-                "dataset": description,
-                "num_classes": description.get("num_classes"),
-                "class_names": getattr(dataset, "classes", None),
-                "coarse_class_names": getattr(dataset, "coarse_classes", None),
-                "checkpoint": checkpoint_info,
-                "extraction": {"batch_size": batch_size, "device": str(device), "world_size": world,
-                               "model_mode": "eval", "pre_activation": pre_activation},
-                **dict(extra_meta or {}),
-            }
-            writer.finalize(meta)
+            writer.finalize(_bank_meta(job, description, checkpoint_info, pre_activation, extra_meta))
         _barrier(world)
         return FeatureBank.open(out)
     finally:
@@ -284,15 +273,130 @@ def extract_features(
             dist.destroy_process_group()
 
 
-def _extract_chunks(model, specs, dataset, writer, chunks, indices, chunk, n, batch_size, device,
-                    num_workers, coarse, nonfinite, show_progress) -> None:
+def _default_out(source, dataset: Dataset) -> Path:
+    description = _dataset_description(dataset)
+    if not isinstance(source, LoadedCheckpoint) or "split" not in description:
+        raise ClusterprobeError("Pass the bank directory (out=...): there is no default place for it "
+                                "without a checkpoint file and a data set split.")
+    return default_bank_path(source, description["name"], description["split"])
+
+
+def _layer_specs(model: SSLModel, layers: Iterable[str], pre_activation: bool) -> list[LayerSpec]:
+    """The requested layers, resolved on ``model`` (a LayerError names the closest layer)."""
+    names = [layer.strip() for layer in layers if layer.strip()]
+    if not names:
+        raise LayerError(f"No layers requested; this model offers {', '.join(model.layer_names())}.")
+    if len(set(names)) != len(names):
+        raise LayerError(f"Layers requested twice: {names}.")
+    return [model.resolve_layer(name, pre_activation=pre_activation) for name in names]
+
+
+def _bank_fingerprint(checkpoint_info: Mapping[str, Any], specs: Sequence[LayerSpec],
+                      description: Mapping[str, Any]) -> str:
+    """What makes two banks the same: the weights, the layer definitions and the data."""
+    checkpoint = ({k: checkpoint_info.get(k) for k in ("sha256", "branch", "path")}
+                  if checkpoint_info.get("sha256") else dict(checkpoint_info))
+    return fingerprint({"checkpoint": checkpoint, "layers": [s.to_dict() for s in specs],
+                        "dataset": dict(description)})
+
+
+def _reusable_bank(out: Path, key: str, overwrite: bool) -> FeatureBank | None:
+    """The finished bank at ``out`` when it is the one asked for; refuse a different one."""
+    if overwrite or not (out / "meta.json").exists():
+        return None
+    existing = read_json(out / "meta.json")
+    if existing.get("fingerprint") == key:
+        return FeatureBank.open(out)
+    raise FeatureBankError(
+        f"{out} already holds a different feature bank (made from "
+        f"{existing.get('checkpoint', {}).get('path')}, layers "
+        f"{existing.get('layer_order')}, {existing.get('dataset', {}).get('name')}/"
+        f"{existing.get('dataset', {}).get('split')}). Choose another --out, or pass "
+        "--overwrite (overwrite=True) to replace it."
+    )
+
+
+def _layer_dims(job: _Extraction, description: Mapping[str, Any]) -> dict[str, int]:
+    """Each layer's width, from one forward pass of the first image (checks the image fits)."""
+    first, _ = job.dataset[0]
+    expected = job.model.config.in_channels
+    if first.ndim != 3 or first.shape[0] != expected:
+        raise ClusterprobeError(
+            f"The model takes {expected}-channel images but the data set "
+            f"{description.get('name')!r} gives images of shape {tuple(first.shape)}. Extract "
+            "with the data set the checkpoint was trained on (--dataset)."
+        )
+    with torch.inference_mode(), LayerCapture(job.model, job.specs) as capture:
+        outputs = capture.run(first.unsqueeze(0).to(job.device))
+    return {name: int(value.shape[1]) for name, value in outputs.items()}
+
+
+def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, overwrite: bool) -> BankWriter:
+    """Rank 0 creates (or reopens, to resume) ``out``'s partial bank; the others open it after."""
+    coarse = getattr(job.dataset, "coarse_targets", None)
+    args = dict(n=len(job.dataset), dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
+                fingerprint=key, overwrite=overwrite)
+    writer = BankWriter(out, create=True, **args) if job.rank == 0 else None
+    _barrier(job.world)
+    return writer if writer is not None else BankWriter(out, create=False, **args)
+
+
+def _extract_pending_chunks(job: _Extraction, writer: BankWriter, chunk: int) -> dict[str, int]:
+    """Extract this rank's unfinished chunks; returns the non-finite value count per layer
+    summed over all ranks."""
+    n = len(job.dataset)
+    n_chunks = math.ceil(n / chunk)
+    mine = [c for c in range(n_chunks) if c % job.world == job.rank and not writer.chunk_done(c)]
+    nonfinite = {name: 0 for name in job.names}
+    if mine:
+        _extract_chunks(job, writer, mine, chunk, nonfinite)
+    return _all_reduce_counts(nonfinite, job.world, job.device)
+
+
+def _refuse_nonfinite(job: _Extraction, writer: BankWriter, nonfinite: dict[str, int]) -> None:
+    """Remove the partial bank and raise when any layer produced NaN/inf values."""
+    bad = {name: count for name, count in nonfinite.items() if count}
+    if not bad:
+        return
+    _barrier(job.world)
+    if job.rank == 0:
+        import shutil
+
+        shutil.rmtree(writer.partial, ignore_errors=True)
+    raise NonFiniteFeaturesError(
+        "The model produced non-finite (NaN/inf) features: "
+        + ", ".join(f"layer {name}: {count} values" for name, count in bad.items())
+        + ". No bank was written. The checkpoint may come from a diverged run; try an "
+        "earlier epoch, or pass check_finite=False to write the features anyway."
+    )
+
+
+def _bank_meta(job: _Extraction, description, checkpoint_info, pre_activation: bool, extra_meta) -> dict:
+    return {
+        "layers": {s.name: s.to_dict() for s in job.specs},
+        "dataset": description,
+        "num_classes": description.get("num_classes"),
+        "class_names": getattr(job.dataset, "classes", None),
+        "coarse_class_names": getattr(job.dataset, "coarse_classes", None),
+        "checkpoint": checkpoint_info,
+        "extraction": {"batch_size": job.batch_size, "device": str(job.device), "world_size": job.world,
+                       "model_mode": "eval", "pre_activation": pre_activation},
+        **dict(extra_meta or {}),
+    }
+
+
+def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chunk: int,
+                    nonfinite: dict[str, int]) -> None:
     """Forward the pending chunks, write their rows, mark each chunk done when complete."""
+    n = len(job.dataset)
+    indices = [i for c in chunks for i in range(c * chunk, min(n, (c + 1) * chunk))]
+    coarse = getattr(job.dataset, "coarse_targets", None)
     loader = DataLoader(
-        Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        Subset(job.dataset, indices), batch_size=job.batch_size, shuffle=False,
+        num_workers=job.num_workers, pin_memory=job.device.type == "cuda", persistent_workers=False,
     )
     bar = None
-    if show_progress:
+    if job.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(indices), unit="img", unit_scale=True, desc="extract", dynamic_ncols=True)
@@ -300,9 +404,9 @@ def _extract_chunks(model, specs, dataset, writer, chunks, indices, chunk, n, ba
     current = next(chunk_iter)
     chunk_end = min(n, (current + 1) * chunk)
     position = indices[0]
-    with torch.inference_mode(), LayerCapture(model, specs) as capture:
+    with torch.inference_mode(), LayerCapture(job.model, job.specs) as capture:
         for images, labels in loader:
-            outputs = capture.run(images.to(device, non_blocking=True))
+            outputs = capture.run(images.to(job.device, non_blocking=True))
             rows = {}
             for name, value in outputs.items():
                 nonfinite[name] += int((~torch.isfinite(value)).sum())

@@ -60,32 +60,62 @@ def own_checkpoint(tmp_path, model):
     return path, model, momentum
 
 
-def solo_learn_state(online, momentum=None):
-    """A solo-learn-style Lightning state dict built from our models' weights."""
-    state = {}
-    for prefix, source in (("", online), ("momentum_", momentum)):
-        if source is None:
-            continue
-        for key, value in source.state_dict().items():
-            if key.startswith(("backbone.", "projector.")):
-                state[prefix + key] = value.clone()
-    state["classifier.weight"] = torch.randn(10, online.feature_dim)
-    state["classifier.bias"] = torch.zeros(10)
-    return state
+class SoloLearnVICReg(torch.nn.Module):
+    """solo-learn's own module structure, built here from torchvision (not from clusterprobe):
+
+    ``BaseMethod`` sets ``backbone = torchvision resnet18`` with ``fc = Identity`` and, for CIFAR,
+    ``conv1 = Conv2d(3, 64, 3, stride=1, padding=2, bias=False)`` and ``maxpool = Identity``, plus
+    a ``classifier = Linear(features_dim, num_classes)``; VICReg's projector is
+    ``Sequential(Linear, BatchNorm1d, ReLU, Linear, BatchNorm1d, ReLU, Linear)``. Its
+    ``state_dict()`` therefore has solo-learn's real key names (``backbone.layer1.0.conv1.weight``,
+    ``projector.0.weight``, ``projector.1.running_mean``, ..., ``projector.6.bias``).
+    """
+
+    def __init__(self, hidden: int = 64, out: int = 32, num_classes: int = 10):
+        import torchvision
+        from torch import nn
+
+        super().__init__()
+        self.backbone = torchvision.models.resnet18()
+        features_dim = self.backbone.inplanes
+        self.backbone.fc = nn.Identity()
+        self.backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+        self.backbone.maxpool = nn.Identity()
+        self.classifier = nn.Linear(features_dim, num_classes)
+        self.projector = nn.Sequential(
+            nn.Linear(features_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
+            nn.Linear(hidden, out),
+        )
+
+    def encode(self, x):
+        return self.backbone(x)
+
+    def project(self, h):
+        return self.projector(h)
+
+    def forward(self, x):
+        return self.project(self.encode(x))
 
 
-def solo_style_model(seed: int):
-    """solo-learn's VICReg/Barlow projector layout: Linear(+bias)-BN-ReLU x2, then Linear(+bias)."""
-    from clusterprobe.models import ModelConfig, SSLModel, mlp_description
-
+def solo_style_model(seed: int) -> SoloLearnVICReg:
+    """A solo-learn VICReg network with non-trivial weights and BatchNorm statistics."""
     torch.manual_seed(seed)
-    config = ModelConfig("resnet18", width=8, cifar_stem=True, stem_padding=2, in_channels=3,
-                         projector=mlp_description([64, 64, 64, 32], bias=True))
-    model = SSLModel(config).train()
+    model = SoloLearnVICReg().train()
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(32, 3, 8, 8) * 2 + 0.5)
     return model.eval()
+
+
+def solo_learn_state(online, momentum=None):
+    """A Lightning ``state_dict`` as solo-learn saves it (``momentum_backbone.*`` and
+    ``momentum_projector.*`` for a momentum branch, as ``BaseMomentumMethod`` names them)."""
+    state = {key: value.clone() for key, value in online.state_dict().items()}
+    if momentum is not None:
+        state.update({f"momentum_{key}": value.clone() for key, value in momentum.state_dict().items()
+                      if key.startswith(("backbone.", "projector."))})
+    return state
 
 
 @pytest.fixture

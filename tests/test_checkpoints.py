@@ -39,7 +39,7 @@ def test_solo_learn_checkpoint(solo_checkpoint):
     loaded = load_checkpoint(path)
     assert (loaded.format, loaded.method, loaded.dataset, loaded.epoch) == ("solo-learn", "vicreg", "cifar10", 7)
     assert loaded.model.backbone.conv1.padding == (2, 2)  # solo-learn's CIFAR stem
-    assert loaded.model.layer_dims() == {"H": 64, "P0": 64, "P1": 64, "Z": 32}
+    assert loaded.model.layer_dims() == {"H": 512, "P0": 64, "P1": 64, "Z": 32}
     same_outputs(loaded.model, online, X3)
     same_outputs(load_checkpoint(path, momentum=True).model, momentum, X3)
 

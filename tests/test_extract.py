@@ -45,7 +45,7 @@ def test_solo_learn_bank_on_cifar10_images(solo_checkpoint, cifar10, tmp_path):
     data.targets = data.targets[subset_indices]
     data._images = [data.image(int(i)) for i in subset_indices]
     bank = extract_features(path, data, tmp_path / "bank", batch_size=32, progress=False)
-    assert bank.dims == {"H": 64, "P0": 64, "P1": 64, "Z": 32} and bank.n == 100
+    assert bank.dims == {"H": 512, "P0": 64, "P1": 64, "Z": 32} and bank.n == 100
     h, z = plain_forward(online, data)
     np.testing.assert_allclose(bank["H"], h, atol=1e-6, rtol=0)
     np.testing.assert_allclose(bank["Z"], z, atol=1e-6, rtol=0)
@@ -140,3 +140,23 @@ def test_torchrun_with_two_processes_gives_the_single_process_bank(own_checkpoin
     for layer in single.layers:
         np.testing.assert_allclose(ddp[layer], single[layer], atol=1e-6, rtol=0)
     np.testing.assert_array_equal(ddp.labels, single.labels)
+
+
+def test_library_defaults_match_the_cli(own_checkpoint):
+    """extract_features(path) chooses the data set and bank path exactly as `clusterprobe extract` does."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from clusterprobe.extract import checkpoint_dataset
+
+    path, _, _ = own_checkpoint
+    bank = extract_features(path, layers=["H"], progress=False)  # data set and place from the checkpoint
+    assert bank.path == path.parent.parent / "features" / "test" / "epoch_0003"
+    assert bank.meta["dataset"]["name"] == "digits" and bank.meta["dataset"]["split"] == "test"
+    result = CliRunner().invoke(app, ["extract", str(path), "--layers", "H"])
+    assert result.exit_code == 0, result.output
+    assert str(bank.path) in result.output.replace("\n", "")  # the same bank, reused
+    train_data = checkpoint_dataset(load_checkpoint(path), split="train")
+    assert train_data.description["name"] == "digits" and len(train_data) == 1347
+    with pytest.raises(Exception, match="needs a root|No cifar10 data"):
+        checkpoint_dataset(load_checkpoint(path), "cifar10", root=path.parent / "nowhere")
