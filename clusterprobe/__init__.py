@@ -11,23 +11,33 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Public names, imported lazily so `import clusterprobe` stays fast and torch-free until needed.
+# Public names, imported lazily so `import clusterprobe` stays fast and torch-free until needed;
+# listed in the order of the pipeline.
 _EXPORTS = {
-    "FeatureBank": "clusterprobe.bank",
-    "ClusterprobeError": "clusterprobe.errors",
-    "load_checkpoint": "clusterprobe.checkpoints",
-    "save_checkpoint": "clusterprobe.checkpoints",
-    "LoadedCheckpoint": "clusterprobe.checkpoints",
+    # data -> models -> checkpoints
+    "load_dataset": "clusterprobe.data",
     "SSLModel": "clusterprobe.models",
     "ModelConfig": "clusterprobe.models",
     "LayerSpec": "clusterprobe.models",
     "build_model": "clusterprobe.models",
-    "load_dataset": "clusterprobe.data",
+    "load_checkpoint": "clusterprobe.checkpoints",
+    "save_checkpoint": "clusterprobe.checkpoints",
+    "LoadedCheckpoint": "clusterprobe.checkpoints",
+    # -> extraction -> feature bank
+    "checkpoint_dataset": "clusterprobe.extract",
     "extract_features": "clusterprobe.extract",
-    "TrainConfig": "clusterprobe.train",
+    "FeatureBank": "clusterprobe.bank",
+    # -> metrics -> report
+    "MetricSettings": "clusterprobe.metrics",
     "evaluate": "clusterprobe.metrics",
     "evaluate_arrays": "clusterprobe.metrics",
+    "ReportSettings": "clusterprobe.report",
     "build_report": "clusterprobe.report",
+    # the trainer beside them
+    "TrainConfig": "clusterprobe.train",
+    # layout and errors
+    "RunLayout": "clusterprobe.runs",
+    "ClusterprobeError": "clusterprobe.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -35,5 +45,12 @@ __all__ = ["__version__", *_EXPORTS]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
     raise AttributeError(f"module 'clusterprobe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public names (what tab completion in a notebook offers), plus the subpackages."""
+    return sorted(set(globals()) | set(__all__))

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
-from ..errors import ClusterprobeError
+from ..errors import ClusterprobeError, ReportError
 from ..extract import extract_features
 from ..io import atomic_write
 from ..runs import RunLayout
@@ -128,64 +128,58 @@ def _architecture(loaded: LoadedCheckpoint) -> str:
 def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict, progress: _Progress,
                  warnings: list[str]) -> tuple[pd.DataFrame, Path] | None:
     """Extract and evaluate every epoch of one run: (metrics, last epoch's test bank), or None
-    when the run is skipped."""
+    when the run is skipped (the reason goes to ``warnings``)."""
     from ..metrics import evaluate
 
-    epochs = [e for e in run.epochs if settings.epochs is None or e in settings.epochs]
+    epochs = _epochs_to_report(run, settings)
     try:
         dataset_name, data = _datasets_for(run, settings, data_cache)
     except ClusterprobeError as error:
         warnings.append(f"run {run.name} skipped: {error}")
         progress.advance(len(epochs))
         return None
-    root = _cache_root(run, out)
+    layout = RunLayout(_cache_root(run, out))
+    other_dataset = None if dataset_name == (run.dataset or dataset_name) else dataset_name
     reference: tuple[int, str] | None = None
-    done_epochs = []
-    test_bank = None
-    for epoch in epochs:
+    done_epochs, test_bank = [], None
+    for position, epoch in enumerate(epochs):
         progress.describe(f"{run.name} epoch {epoch}")
         try:
             loaded = load_checkpoint(run.checkpoints[epoch])
-        except ClusterprobeError as error:
+            architecture = _architecture(loaded)
+            reference = reference or (epoch, architecture)
+            if architecture != reference[1]:
+                warnings.append(
+                    f"run {run.name} skipped: its checkpoints have mixed architectures (epoch {epoch} "
+                    f"differs from epoch {reference[0]}); keep one architecture per run directory."
+                )
+                progress.advance(len(epochs) - position)
+                return None
+            banks = {split: extract_features(
+                loaded, dataset, layout.bank_path(split, epoch, other_dataset),
+                layers=_layers_of(loaded, settings), batch_size=settings.batch_size,
+                device=settings.device, progress=False,
+                extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
+            ) for split, dataset in data.items()}
+        except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
             warnings.append(f"run {run.name}, epoch {epoch} skipped: {error}")
-            progress.advance()
-            continue
-        architecture = _architecture(loaded)
-        if reference is None:
-            reference = (epoch, architecture)
-        elif architecture != reference[1]:
-            warnings.append(
-                f"run {run.name} skipped: its checkpoints have mixed architectures (epoch {epoch} differs "
-                f"from epoch {reference[0]}); keep one architecture per run directory."
-            )
-            progress.advance(len(epochs) - epochs.index(epoch))
-            return None
-        layers = [layer for layer in settings.layers if layer in loaded.model.layer_names()
-                  or "." in layer]
-        try:
-            for split, dataset in data.items():
-                other = None if dataset_name == (run.dataset or dataset_name) else dataset_name
-                bank = extract_features(loaded, dataset, RunLayout(root).bank_path(split, epoch, other),
-                                        layers=layers, batch_size=settings.batch_size, device=settings.device,
-                                        progress=False,
-                                        extra_meta={"run": run.name, "method": run.method, "epoch": epoch})
-                if split == "test":
-                    test_bank = bank.path
-        except ClusterprobeError as error:  # e.g. a diverged checkpoint's NaN features
-            warnings.append(f"run {run.name}, epoch {epoch} skipped: {error}")
-            progress.advance()
-            continue
-        done_epochs.append(epoch)
+        else:
+            done_epochs.append(epoch)
+            test_bank = banks["test"].path
         progress.advance()
     if not done_epochs:
         warnings.append(f"run {run.name} skipped: none of its checkpoints could be read")
         return None
     overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
-    table = evaluate(root, epochs=done_epochs, splits=None, **overrides)
-    table = table.copy()
+    table = evaluate(layout.path, epochs=done_epochs, splits=None, **overrides).copy()
     table["run"] = run.name
     table["method"] = run.method or table["method"]
     return table, test_bank
+
+
+def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
+    """The requested layers this model has (module paths are always kept)."""
+    return [layer for layer in settings.layers if layer in loaded.model.layer_names() or "." in layer]
 
 
 def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings):
@@ -229,81 +223,123 @@ def build_report(
     runs_dir: str | Path,
     out: str | Path | None = None,
     settings: ReportSettings | None = None,
+    *,
     progress: bool = True,
 ) -> ReportResult:
     """Analyse every run below ``runs_dir`` and write the report to ``out`` (default ``runs_dir/report``).
 
     Returns the paths written, the tidy metrics table and the warnings (skipped runs/epochs).
+
+    Raises:
+        ReportError: no run was found, or none could be analysed (the reasons are listed).
     """
     settings = settings or ReportSettings()
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
-    runs, warnings = discover_runs(runs_dir)
-    runs = [r for r in runs if out not in r.path.parents and r.path != out]
-    total = sum(len([e for e in r.epochs if settings.epochs is None or e in settings.epochs]) for r in runs)
-    bar = _Progress(total, progress)
-    data_cache: dict = {}
-    tables, test_banks = [], {}
+    runs, warnings = _runs_to_report(runs_dir, out)
+    bar = _Progress(sum(len(_epochs_to_report(run, settings)) for run in runs), progress)
     try:
-        for run in runs:
-            analysed_run = _analyse_run(run, settings, out, data_cache, bar, warnings)
-            if analysed_run is not None:
-                tables.append(analysed_run[0])
-                test_banks[run.name] = analysed_run[1]
+        table, test_banks = _analyse_runs(runs, settings, out, bar, warnings)
+        analysed = [run for run in runs if run.name in set(table["run"])]
         bar.describe("figures")
-        if not tables:
-            raise ClusterprobeError("No run could be analysed: " + "; ".join(warnings))
-        table = pd.concat(tables, ignore_index=True)
-        analysed = [r for r in runs if r.name in set(table["run"])]
-        figures: dict[str, Path] = {}
-        entries: list[FigureEntry] = []
-
-        def add(name: str, title: str, fig, caption: str) -> None:
-            paths = save_figure(fig, out / "figures", name, formats=settings.formats)
-            figures[name] = paths.get("png") or next(iter(paths.values()))
-            downloads = {fmt: p for fmt, p in paths.items() if fmt != "png"}
-            if "png" in paths:
-                entries.append(FigureEntry(title, paths["png"], caption, downloads))
-
-        add("layer_comparison", "Layers compared at the last epoch",
-            layer_comparison_figure(table, COMPARISON_PANELS),
-            "Per run, the last epoch's metrics of each layer on the test split: H (circles), "
-            "P0/P1, Z (crosses). Silhouette uses ground-truth classes; ARI/NMI use k-means with k = "
-            "number of classes (mean &plusmn; std over seeds).")
-        if table["epoch"].nunique() > 1:
-            add("training_dynamics", "Training dynamics per layer",
-                training_dynamics_figure(table, DYNAMICS_PANELS),
-                "Each metric against the epoch, one line per layer, one row per run.")
-        else:
-            warnings.append("only one epoch per run: the training-dynamics figure needs several")
-        if settings.umap:
-            bar.describe("UMAP")
-            embeddings, class_names = _umap_embeddings(test_banks, out, settings)
-            if embeddings:
-                add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
-                    f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
-                    f"(at most {settings.umap_max_points} points per panel), coloured by class.")
-        coarse = _coarse_table(analysed, test_banks, out)
-        if coarse is not None:
-            add("fine_vs_coarse", "Fine vs coarse labels", fine_vs_coarse_figure(coarse, COARSE_PANELS),
-                "Clustering metrics against the fine classes and against the super-classes.")
+        figures, entries = _draw_figures(table, analysed, test_banks, settings, out, bar, warnings)
         metrics_csv = out / "metrics.csv"
         atomic_write(metrics_csv, lambda f: table.to_csv(f, index=False), mode="w")
-        html_tables = {"Runs": pd.DataFrame(describe_runs(analysed)).set_index("run")}
-        last = table[table["epoch"] == table.groupby("run")["epoch"].transform("max")]
-        for split in sorted(last["split"].dropna().unique()):
-            pivot = last[last["split"] == split].pivot_table(index=["run", "layer"], columns="metric",
-                                                             values="value", sort=False)
-            html_tables[f"Last-epoch metrics ({split} split)"] = pivot
-        index = render_report_html(
-            out / "index.html", "clusterprobe report", entries, html_tables,
-            settings={"runs folder": runs_dir.resolve(), **{k: v for k, v in dataclasses.asdict(settings).items()},
-                      "metrics table": metrics_csv.name},
-            warnings=warnings,
-            intro="Clustering properties of each run's encoder output <b>H</b>, projector hidden layers "
-                  "<b>P0, P1</b> and embedding <b>Z</b>. The tidy table of every number is in "
-                  f"<code>{metrics_csv.name}</code> beside this page.",
-        )
+        index = _write_page(out, runs_dir, settings, table, analysed, entries, warnings, metrics_csv)
     finally:
         bar.close()
     return ReportResult(index, metrics_csv, table, figures, warnings)
+
+
+def _runs_to_report(runs_dir: Path, out: Path) -> tuple[list[Run], list[str]]:
+    """The runs below ``runs_dir`` (not the report's own folder) and discovery's warnings."""
+    try:
+        runs, warnings = discover_runs(runs_dir)
+    except ClusterprobeError as error:
+        raise ReportError(str(error)) from None
+    return [r for r in runs if out not in r.path.parents and r.path != out], warnings
+
+
+def _epochs_to_report(run: Run, settings: ReportSettings) -> list[int]:
+    return [e for e in run.epochs if settings.epochs is None or e in settings.epochs]
+
+
+def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar: _Progress,
+                  warnings: list[str]) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Every run's metrics table (concatenated) and its last analysed epoch's test bank."""
+    data_cache: dict = {}
+    tables, test_banks = [], {}
+    for run in runs:
+        analysed = _analyse_run(run, settings, out, data_cache, bar, warnings)
+        if analysed is not None:
+            tables.append(analysed[0])
+            test_banks[run.name] = analysed[1]
+    if not tables:
+        raise ReportError("No run could be analysed: " + "; ".join(warnings))
+    return pd.concat(tables, ignore_index=True), test_banks
+
+
+def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str, Path],
+                  settings: ReportSettings, out: Path, bar: _Progress,
+                  warnings: list[str]) -> tuple[dict[str, Path], list[FigureEntry]]:
+    """Save every figure under ``out/figures``; returns {name: png path} and the page's entries."""
+    figures: dict[str, Path] = {}
+    entries: list[FigureEntry] = []
+
+    def add(name: str, title: str, fig, caption: str) -> None:
+        paths = save_figure(fig, out / "figures", name, formats=settings.formats)
+        figures[name] = paths.get("png") or next(iter(paths.values()))
+        downloads = {fmt: p for fmt, p in paths.items() if fmt != "png"}
+        if "png" in paths:
+            entries.append(FigureEntry(title, paths["png"], caption, downloads))
+
+    add("layer_comparison", "Layers compared at the last epoch",
+        layer_comparison_figure(table, COMPARISON_PANELS),
+        "Per run, the last epoch's metrics of each layer on the test split: H (circles), "
+        "P0/P1, Z (crosses). Silhouette uses ground-truth classes; ARI/NMI use k-means with k = "
+        "number of classes (mean &plusmn; std over seeds).")
+    if table["epoch"].nunique() > 1:
+        add("training_dynamics", "Training dynamics per layer",
+            training_dynamics_figure(table, DYNAMICS_PANELS),
+            "Each metric against the epoch, one line per layer, one row per run.")
+    else:
+        warnings.append("only one epoch per run: the training-dynamics figure needs several")
+    if settings.umap:
+        bar.describe("UMAP")
+        embeddings, class_names = _umap_embeddings(test_banks, out, settings)
+        if embeddings:
+            add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
+                f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
+                f"(at most {settings.umap_max_points} points per panel), coloured by class.")
+    coarse = _coarse_table(runs, test_banks, out)
+    if coarse is not None:
+        add("fine_vs_coarse", "Fine vs coarse labels", fine_vs_coarse_figure(coarse, COARSE_PANELS),
+            "Clustering metrics against the fine classes and against the super-classes.")
+    return figures, entries
+
+
+def _last_epoch_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per split: the last epoch's metrics of each (run, layer), one column per metric."""
+    last = table[table["epoch"] == table.groupby("run")["epoch"].transform("max")]
+    return {
+        f"Last-epoch metrics ({split} split)": last[last["split"] == split].pivot_table(
+            index=["run", "layer"], columns="metric", values="value", sort=False)
+        for split in sorted(last["split"].dropna().unique())
+    }
+
+
+def _write_page(out: Path, runs_dir: Path, settings: ReportSettings, table: pd.DataFrame,
+                runs: Sequence[Run], entries: list[FigureEntry], warnings: list[str],
+                metrics_csv: Path) -> Path:
+    """The self-contained ``index.html``."""
+    html_tables = {"Runs": pd.DataFrame(describe_runs(list(runs))).set_index("run"),
+                   **_last_epoch_tables(table)}
+    return render_report_html(
+        out / "index.html", "clusterprobe report", entries, html_tables,
+        settings={"runs folder": runs_dir.resolve(), **dataclasses.asdict(settings),
+                  "metrics table": metrics_csv.name},
+        warnings=warnings,
+        intro="Clustering properties of each run's encoder output <b>H</b>, projector hidden layers "
+              "<b>P0, P1</b> and embedding <b>Z</b>. The tidy table of every number is in "
+              f"<code>{metrics_csv.name}</code> beside this page.",
+    )
