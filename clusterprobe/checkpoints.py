@@ -116,7 +116,7 @@ def save_checkpoint(
     if eval_branch is None:
         eval_branch = "momentum" if momentum_model is not None else "online"
     if eval_branch not in ("online", "momentum"):
-        raise ValueError(f"eval_branch must be 'online' or 'momentum', got {eval_branch!r}")
+        raise CheckpointError(f"eval_branch must be 'online' or 'momentum', got {eval_branch!r}.")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,

@@ -14,6 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..errors import ReportError
+
 #: How each layer is drawn everywhere: H circles, Z crosses (as in the paper), P_i in between.
 LAYER_STYLE = {
     "H": {"marker": "o", "color": "#1f77b4"},
@@ -67,9 +69,10 @@ def layer_comparison_figure(
     table = _select(table, split)
     last = table[table["epoch"] == table.groupby("run")["epoch"].transform("max")]
     runs = sorted(last["run"].unique())
-    panels = [(m, t) for m, t in panels if m in set(last["metric"])]
+    requested, panels = panels, [(m, t) for m, t in panels if m in set(last["metric"])]
     if not panels:
-        raise ValueError("None of the requested metrics are in the table.")
+        raise ReportError(f"None of the metrics this figure plots ({', '.join(m for m, _ in requested)}) "
+                          "are in the table; compute at least one of them (metrics=...).")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     layers = _layer_order(last["layer"].unique())
     offsets = np.linspace(-0.2, 0.2, len(layers)) if len(layers) > 1 else [0.0]
@@ -110,9 +113,10 @@ def training_dynamics_figure(
     """The paper's Fig. 4: metric vs epoch, one line per layer, one column per metric, one row per run."""
     table = _select(table, split)
     runs = sorted(table["run"].unique())
-    panels = [(m, t) for m, t in panels if m in set(table["metric"])]
+    requested, panels = panels, [(m, t) for m, t in panels if m in set(table["metric"])]
     if not panels:
-        raise ValueError("None of the requested metrics are in the table.")
+        raise ReportError(f"None of the metrics this figure plots ({', '.join(m for m, _ in requested)}) "
+                          "are in the table; compute at least one of them (metrics=...).")
     fig, axes = plt.subplots(len(runs), len(panels), figsize=(3.2 * len(panels), 2.7 * len(runs)),
                              squeeze=False, sharex="row")
     for row, run in enumerate(runs):
