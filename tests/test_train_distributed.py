@@ -1,5 +1,6 @@
 """DDP on CPU: two torchrun processes (gloo) give the same losses and updates as one process on the
-same global batch, and a torchrun training run writes one run directory from rank 0.
+same global batch, and a torchrun training run (``torchrun --nproc_per_node 2 -m cli.main train
+...``, the documented command) writes one run directory from rank 0.
 
 Run as a script by torchrun (``__main__`` below) and driven by the tests.
 """
@@ -146,7 +147,7 @@ def test_torchrun_training_run(tmp_path):
     from clusterprobe.checkpoints import load_checkpoint
 
     out = tmp_path / "ddp_run"
-    _torchrun(["-m", "clusterprobe.train", "--method", "resa", "--dataset", "digits", "--epochs", "2",
+    _torchrun(["-m", "cli.main", "train", "--method", "resa", "--dataset", "digits", "--epochs", "2",
                "--batch-size", "32", "--width", "4", "--projector-dims", "32,32,16", "--limit-train", "128",
                "--out", str(out), "--quiet", "--save-every", "1"], cwd=REPO)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
