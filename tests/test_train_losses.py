@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clusterprobe.train import (ReSALoss, TrainConfig, barlow_twins_loss, build_method, byol_loss,
-                                nt_xent_loss, resa_loss, resolve_config, swav_loss, vicreg_loss)
+from clusterprobe.train import (ReSALoss, TrainConfig, TrainConfigError, barlow_twins_loss, build_method,
+                                byol_loss, nt_xent_loss, resa_loss, resolve_config, swav_loss, vicreg_loss)
 
 
 def _np(x):
@@ -75,9 +75,13 @@ def test_resa_loss_matches_reference_random(transposed):
 
 def test_resa_loss_rejects_bad_shapes():
     z = [_random(4, 3), _random(4, 3)]
-    with pytest.raises(ValueError, match="target has shape"):
+    with pytest.raises(TrainConfigError, match=r"target has shape \(4, 5\) but z has 4 rows and z_momentum 4"):
         resa_loss(z, z, torch.ones(4, 5) / 5)
-    with pytest.raises(ValueError, match="two views"):
+    with pytest.raises(TrainConfigError, match="two views"):
+        resa_loss(z[:1], z, torch.eye(4))
+    with pytest.raises(TrainConfigError, match=r"transposed term needs the whole \(square\) matrix"):
+        resa_loss([v[:2] for v in z], z, torch.ones(2, 4) / 4, transposed=True)
+    with pytest.raises(ValueError):  # still a ValueError for callers that catch those
         resa_loss(z[:1], z, torch.eye(4))
 
 

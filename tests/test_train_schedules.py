@@ -89,9 +89,12 @@ def test_training_step_applies_scheduled_ema_before_momentum_forward(name):
         changed += int(not torch.equal(value, momentum[key]))
     assert changed > 0
     # Buffers are not averaged: they come from the momentum branch's own forward (training mode).
+    online_buffers = dict(method.online.model.named_buffers())
+    running_means = [key for key, _ in method.momentum.named_buffers() if key.endswith("running_mean")]
+    assert len(running_means) > 10  # every BatchNorm of the ResNet and the projector
     for key, value in method.momentum.named_buffers():
         if key.endswith("running_mean"):
-            assert not torch.allclose(value, rate * buffers[key] + (1 - rate) * dict(method.online.model.named_buffers())[key])
+            assert not torch.allclose(value, rate * buffers[key] + (1 - rate) * online_buffers[key]), key
 
 
 def test_momentum_starts_as_copy_and_eval_branch():

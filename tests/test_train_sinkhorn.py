@@ -93,5 +93,7 @@ def test_target_uses_normalised_encodings():
 
 
 def test_rejects_non_matrix():
-    with pytest.raises(ValueError, match="2-D"):
+    from clusterprobe.errors import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match=r"scores must be 2-D \(samples, columns\), got shape \(3,\)"):
         sinkhorn_knopp(torch.rand(3))

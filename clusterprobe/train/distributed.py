@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..devices import resolve_device
+from ..errors import TrainConfigError
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ class GlobalBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D)")
+            raise TrainConfigError(f"expected at least 2-D input (got {input.dim()}-D)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
@@ -156,7 +157,7 @@ class GlobalBatchNorm(_BatchNorm):
         all_reduce_(count)
         total = float(count.item())
         if total <= 1:
-            raise ValueError("Expected more than 1 value per channel when training (global batch).")
+            raise TrainConfigError("Expected more than 1 value per channel when training (global batch).")
         x = input.float()
         mean = differentiable_all_reduce(x.sum(dim=dims)) / total
         centred = x - mean.view(shape)

@@ -8,6 +8,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..errors import TrainConfigError
+
 OPTIMIZERS = ("sgd", "lars")
 
 
@@ -67,7 +69,7 @@ def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    raise ValueError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
+    raise TrainConfigError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

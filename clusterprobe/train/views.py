@@ -27,6 +27,8 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from ..errors import TrainConfigError
+
 VIEW_RECIPES = ("resa", "asymmetric", "symmetric", "vicreg")
 
 _BILINEAR, _BICUBIC = InterpolationMode.BILINEAR, InterpolationMode.BICUBIC
@@ -123,4 +125,4 @@ def _two_views(recipe, size, mean, std, crop_scale, blur) -> MultiView:
         scale = tuple(crop_scale or (0.2, 1.0))
         return MultiView([make_view(size, mean, std, scale, solarize_p=0.1),
                           make_view(size, mean, std, scale, solarize_p=0.1)])
-    raise ValueError(f"Unknown view recipe {recipe!r}; use one of {', '.join(VIEW_RECIPES)}.")
+    raise TrainConfigError(f"Unknown view recipe {recipe!r}; use one of {', '.join(VIEW_RECIPES)}.")
