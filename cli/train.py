@@ -1,8 +1,8 @@
-"""``clusterprobe train``: a thin layer over :func:`clusterprobe.train.train`.
+"""``clusterprobe train``: parse the options and call :func:`clusterprobe.train.train`.
 
-Settings come from, in increasing priority: the method's defaults, the run's saved
-``config.yaml`` (with ``--resume`` and no ``--config``), a ``--config`` file (YAML or TOML), and
-the options given on the command line.
+Where the settings come from (method defaults < the run's saved ``config.yaml`` with ``--resume``
+and no ``--config`` < a ``--config`` file < the options given) is decided by
+:func:`clusterprobe.train.build_config`; this module only turns the options into fields.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cli.common import console, friendly_errors, split_list
 HELP = """Train a self-supervised model (ReSA or a baseline) and write a run directory:
 config.yaml, checkpoints/epoch_XXXX.pt (epoch_0000 = initialisation), log.csv and epochs.csv.
 
-Several processes: torchrun --nproc_per_node N -m clusterprobe.train (then the same options).
+Several processes: torchrun --nproc_per_node N -m cli.main train (then the same options).
 
 Tiny CPU example: clusterprobe train --method resa --dataset digits --backbone resnet18 --width 8
 --projector-dims 128,128,64 --batch-size 64 --epochs 5 --out runs/demo"""
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ):
-        from clusterprobe.train import RunDirectory, TrainConfig, load_config_file
+        from clusterprobe.train import build_config
         from clusterprobe.train import train as run_training
 
         given = {
@@ -122,22 +122,9 @@ def register(app: typer.Typer) -> None:
         if quiet:
             given["progress"] = False
 
-        settings: dict[str, Any] = {}
-        if config is not None:
-            settings.update(load_config_file(config))
-        elif resume:
-            if "out" not in given:
-                raise typer.BadParameter("--resume needs the run directory: --out runs/NAME.")
-            run = RunDirectory(given["out"])
-            if run.config_path.exists():
-                settings.update(run.saved_config().to_dict())
-        if "options" in given:
-            given["options"] = {**settings.get("options", {}), **given["options"]}
-        settings.update(given)
-        if "out" not in settings:
-            raise typer.BadParameter("Give the run directory with --out runs/NAME (or 'out:' in the config file).")
+        resolved = build_config(given, config_file=config, resume=resume)
         try:
-            run_dir = run_training(TrainConfig.from_dict(settings), resume=resume, overwrite=overwrite)
+            run_dir = run_training(resolved, resume=resume, overwrite=overwrite)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted[/]: saved checkpoints are kept; continue with the same "
                           f"command plus --resume.")

@@ -311,12 +311,6 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
                                coarse_targets=coarse, coarse_classes=coarse_classes)
 
 
-def default_data_root() -> Path | None:
-    """The CIFAR-10 root named by the ``CLUSTERPROBE_CIFAR10`` environment variable, if set."""
-    value = os.environ.get("CLUSTERPROBE_CIFAR10")
-    return Path(value) if value else None
-
-
 def collate_images(batch):
     """Default collate (kept explicit so DataLoader workers pickle a module-level function)."""
     images, labels = zip(*batch)

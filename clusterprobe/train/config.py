@@ -2,7 +2,9 @@
 
 A :class:`TrainConfig` leaves method-dependent fields at ``None`` ("the method's default");
 :func:`resolve_config` fills them from :data:`METHOD_DEFAULTS` and validates everything, and the
-resolved config is what a run saves as ``config.yaml``.
+resolved config is what a run saves as ``config.yaml``. :func:`build_config` decides where the
+settings come from (method defaults < the saved run's ``config.yaml`` when resuming < a config
+file < the fields given), for the command line and for notebooks alike.
 
 Method defaults follow the ReSA specification for ReSA (CIFAR, ResNet-18) and solo-learn's
 published CIFAR recipes for the baselines (the recipes behind the reference numbers quoted in the
@@ -24,9 +26,9 @@ import yaml
 
 from ..data import DATASETS
 from ..devices import check_device_name
-from ..errors import ClusterprobeError, DeviceError, TrainConfigError, closest_name
+from ..errors import ClusterprobeError, DeviceError, RunDirectoryError, TrainConfigError, closest_name
 from ..models.backbones import BACKBONES
-from ..runs import read_config_file
+from ..runs import RunLayout, read_config_file
 from .optim import OPTIMIZERS
 from .views import VIEW_RECIPES
 
@@ -231,10 +233,85 @@ def coerce_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) -
 
 
 # ---------------------------------------------------------------------------------------------
-def _fail(message: str) -> None:
-    raise TrainConfigError(message)
+# Where the settings come from
+def build_config(
+    given: TrainConfig | Mapping[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> TrainConfig:
+    """The resolved config of a run, from its settings in increasing priority:
+
+    1. the method's defaults (:data:`METHOD_DEFAULTS`);
+    2. when resuming without a ``config_file``: the run's saved ``config.yaml`` (in ``given["out"]``);
+    3. ``config_file`` (YAML or TOML, fields of :class:`TrainConfig`);
+    4. ``given``: the fields set explicitly (on the command line: the options given). Its
+       ``options`` are merged key by key into those of 2 or 3.
+
+    ``clusterprobe train --out runs/x --epochs 20 --resume`` is
+    ``build_config({"out": "runs/x", "epochs": 20}, resume=True)``. A complete
+    :class:`TrainConfig` is taken as it is (only resolved): resuming with it refuses fields that
+    differ from the saved run.
+
+    Raises:
+        TrainConfigError: no run directory (``out``) among the settings, an unreadable config
+            file, or an invalid field (see :func:`resolve_config`).
+        RunDirectoryError: the run to resume has an unreadable ``config.yaml``.
+    """
+    if isinstance(given, TrainConfig):
+        if config_file is not None:
+            _fail("Pass either a complete TrainConfig or a config file (with a mapping of the fields "
+                  "that override it), not both.")
+        return resolve_config(given)
+    given = _field_names(given or {})
+    settings = _file_or_saved_settings(given, config_file, resume)
+    settings = _overlay(settings, given)
+    if "out" not in settings:
+        _fail("Give the run directory: --out runs/NAME on the command line, 'out:' in the config "
+              "file, or out='runs/NAME' in a mapping.")
+    return resolve_config(settings)
 
 
+def _field_names(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy with ``batch-size`` spelled ``batch_size``."""
+    return {str(key).replace("-", "_"): copy.deepcopy(value) for key, value in settings.items()}
+
+
+def _file_or_saved_settings(given: Mapping[str, Any], config_file, resume: bool) -> dict[str, Any]:
+    """The settings below the given ones: the config file, else (resuming) the saved run's."""
+    if config_file is not None:
+        return _field_names(load_config_file(config_file))
+    if not resume:
+        return {}
+    if "out" not in given:
+        _fail("Resuming needs the run directory: --out runs/NAME (out='runs/NAME' in a mapping).")
+    run = RunLayout(given["out"])
+    return load_saved_config(run).to_dict() if run.config_path.exists() else {}
+
+
+def _overlay(settings: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` updated with ``given``; the ``options`` of both are merged key by key."""
+    merged = {**settings, **given}
+    if "options" in given and isinstance(settings.get("options"), Mapping) and isinstance(given["options"], Mapping):
+        merged["options"] = {**settings["options"], **given["options"]}
+    return merged
+
+
+def load_saved_config(run: RunLayout | str | os.PathLike) -> TrainConfig:
+    """The ``config.yaml`` a run directory holds, as a :class:`TrainConfig`.
+
+    Raises:
+        RunDirectoryError: it cannot be read as a training config.
+    """
+    layout = run if isinstance(run, RunLayout) else RunLayout(run)
+    try:
+        return TrainConfig.from_dict(layout.read_config())
+    except ClusterprobeError as error:
+        raise RunDirectoryError(f"Cannot resume from {layout.path}: its config.yaml is unreadable ({error}).") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Method defaults and validation
 def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) -> TrainConfig:
     """Fill the method defaults into a copy of ``config`` and validate every field.
 
@@ -242,6 +319,23 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
         TrainConfigError: with a message naming the field, the problem and the valid values.
     """
     config = coerce_config(config)
+    _check_names(config)
+    _fill_method_defaults(config)
+    _resolve_options(config)
+    _check_model(config)
+    _check_optimisation(config)
+    _check_views(config)
+    _check_run_settings(config)
+    _check_method_options(config)
+    return config
+
+
+def _fail(message: str) -> None:
+    raise TrainConfigError(message)
+
+
+def _check_names(config: TrainConfig) -> None:
+    """The method, backbone and data set exist."""
     if config.method not in METHODS:
         _fail(f"Unknown method {config.method!r}; the known methods are {', '.join(METHODS)}."
               f"{closest_name(config.method, METHODS)}")
@@ -251,6 +345,10 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
     if config.dataset not in DATASETS:
         _fail(f"Unknown data set {config.dataset!r}; the known data sets are {', '.join(DATASETS)}."
               f"{closest_name(config.dataset, DATASETS)}")
+
+
+def _fill_method_defaults(config: TrainConfig) -> None:
+    """Fields left at None take the method's recipe (warm-up: capped at a tenth of the run)."""
     defaults = METHOD_DEFAULTS[config.method]
     for key in ("projector_dims", "projector_batch_norm", "projector_last_batch_norm", "optimizer",
                 "lr", "weight_decay", "lr_floor", "ema_base", "views"):
@@ -260,13 +358,18 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
         config.predictor_dims = copy.deepcopy(defaults["predictor_dims"])
     if config.warmup_epochs is None:
         config.warmup_epochs = float(min(defaults["warmup_epochs"], config.epochs / 10))
+
+
+def _resolve_options(config: TrainConfig) -> None:
+    """The method's options: its defaults overridden by the given ones, cast to the defaults' types."""
+    defaults = METHOD_DEFAULTS[config.method]["options"]
     if not isinstance(config.options, Mapping):
         _fail(f"options must be a mapping of method settings, got {config.options!r}.")
-    unknown = sorted(set(config.options) - set(defaults["options"]))
+    unknown = sorted(set(config.options) - set(defaults))
     if unknown:
-        valid = ", ".join(defaults["options"]) or "none"
+        valid = ", ".join(defaults) or "none"
         _fail(f"Unknown option(s) {unknown} for method {config.method}; its options are: {valid}.")
-    options = copy.deepcopy(defaults["options"])
+    options = copy.deepcopy(defaults)
     for key, value in config.options.items():
         expected = type(options[key])
         try:
@@ -276,7 +379,9 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
             _fail(f"Option {key} of {config.method} must be a {expected.__name__}, got {value!r}.")
     config.options = options
 
-    # -- numbers ------------------------------------------------------------------------------
+
+def _check_model(config: TrainConfig) -> None:
+    """Batch size, epochs, width and the projector/predictor sizes."""
     min_batch = MIN_BATCH_SIZE[config.method]
     if not isinstance(config.batch_size, int) or config.batch_size < min_batch:
         _fail(f"Batch size {config.batch_size} is too small for {config.method}: it needs at least "
@@ -298,11 +403,14 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
                   f"got predictor_dims {config.predictor_dims}.")
     if config.method == "byol" and not config.predictor_dims:
         _fail("BYOL needs a predictor (predictor_dims, e.g. [4096, 256]).")
+
+
+def _check_optimisation(config: TrainConfig) -> None:
+    """Optimizer, learning rate, weight decay, schedule and EMA rate."""
     if config.optimizer not in OPTIMIZERS:
         _fail(f"Unknown optimizer {config.optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
-    for key in ("lr",):
-        if not (float(getattr(config, key)) > 0 and math.isfinite(float(getattr(config, key)))):
-            _fail(f"{key} must be a positive number, got {getattr(config, key)}.")
+    if not (float(config.lr) > 0 and math.isfinite(float(config.lr))):
+        _fail(f"lr must be a positive number, got {config.lr}.")
     if float(config.weight_decay) < 0:
         _fail(f"weight_decay must be >= 0, got {config.weight_decay}.")
     if not 0 <= float(config.lr_floor) <= 1:
@@ -314,12 +422,20 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
             _fail(f"ema_base must be in [0, 1) for {config.method}, got {config.ema_base}.")
     else:
         config.ema_base = None
+
+
+def _check_views(config: TrainConfig) -> None:
+    """The augmentation recipe and crop scale."""
     if config.views not in VIEW_RECIPES:
         _fail(f"Unknown view recipe {config.views!r}; use one of {', '.join(VIEW_RECIPES)}.")
     if config.crop_scale is not None:
         if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
             _fail(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale}.")
         config.crop_scale = [float(s) for s in config.crop_scale]
+
+
+def _check_run_settings(config: TrainConfig) -> None:
+    """Checkpointing, logging, monitor, data subset, AMP, loader and device settings."""
     if config.save_every < 1:
         _fail(f"save_every must be at least 1 epoch, got {config.save_every}.")
     if config.log_every < 1:
@@ -336,11 +452,14 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
         check_device_name(config.device)
     except DeviceError as error:
         _fail(str(error))
+
+
+def _check_method_options(config: TrainConfig) -> None:
+    """Option values the Sinkhorn-based methods need."""
     if config.method == "swav" and config.options["num_prototypes"] < 1:
         _fail("swav's num_prototypes must be at least 1.")
     if config.method in ("resa", "swav") and config.options["sinkhorn_iterations"] < 1:
         _fail("sinkhorn_iterations must be at least 1.")
-    return config
 
 
 def config_differences(saved: TrainConfig, new: TrainConfig, ignore=RUNTIME_FIELDS) -> list[str]:

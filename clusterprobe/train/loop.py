@@ -1,12 +1,18 @@
-"""The training loop: ``train(config) -> run directory``, readable top to bottom.
+"""The training loop: ``train(config) -> run directory``, read top to bottom.
 
-1. resolve the config, join torchrun's process group if there is one, check the run directory;
-2. build the two-view data set and its loader, the method (networks + loss), the optimiser and
-   the schedules;
-3. start fresh (save ``config.yaml`` and ``epoch_0000.pt``) or restore the newest state;
-4. for every epoch, for every batch: set the LR, compute the loss (the method does the EMA
-   update and the momentum forward), stop on a non-finite loss, backward, optimiser step, log;
-5. after every epoch: the optional kNN monitor, then a checkpoint (rank 0 only).
+:func:`train` resolves the config and joins torchrun's process group if there is one, then:
+
+1. :func:`prepare_run_directory`: check the output directory (every rank; nothing is written)
+   and find the state to resume from;
+2. :func:`build_data`: the two-view data set, its per-epoch sampler and the loader;
+3. :func:`build_training`: seed, then the method (networks + loss), the optimiser, the AMP
+   scaler and the learning-rate schedule;
+4. :func:`start_or_resume`: start fresh (save ``config.yaml`` and ``epoch_0000.pt``) or restore
+   the newest state;
+5. for every epoch, :func:`train_one_epoch`: for every batch set the LR, compute the loss (the
+   method does the EMA update and the momentum forward), stop on a non-finite loss, backward,
+   optimiser step, log; then :func:`end_of_epoch`: the optional kNN monitor, a checkpoint and
+   the ``epochs.csv`` row (rank 0 only).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,14 +31,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..checkpoints import save_checkpoint
-from ..data import default_data_root, load_dataset
-from . import distributed
-from .config import TrainConfig, resolve_config, save_config
+from ..checkpoints import read_checkpoint_file, save_checkpoint
+from ..data import DatasetInfo, load_dataset
 from ..errors import CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError
+from . import distributed
+from .config import TrainConfig, build_config, save_config
 from .loading import EpochSampler, SeededViews, build_loader, loader_settings, subset_indices
 from .methods import Method, build_method
-from .monitor import knn_accuracy, limited
+from .monitor import KnnMonitor
 from .optim import build_optimizer, set_learning_rate
 from .run_dir import (EPOCH_FIELDS, STEP_FIELDS, CsvLog, RunDirectory, capture_rng_state,
                       restore_rng_state)
@@ -39,6 +46,7 @@ from .schedules import WarmupCosineSchedule
 from .views import two_view_transform
 
 Callback = Callable[[str, Mapping[str, Any]], None]
+Say = Callable[[str], None]
 
 
 def train(
@@ -51,21 +59,36 @@ def train(
     """Train a self-supervised model and write its run directory; returns the directory.
 
     Args:
-        config: a :class:`TrainConfig`, a dict of its fields or a YAML/TOML file.
+        config: a complete :class:`TrainConfig`; or a mapping of some of its fields, or a
+            YAML/TOML file of them: these are completed by
+            :func:`~clusterprobe.train.config.build_config` exactly like the command line's
+            options (with ``resume``, over the run's saved ``config.yaml``), so
+            ``train({"out": "runs/x", "epochs": 20}, resume=True)`` is
+            ``clusterprobe train --out runs/x --epochs 20 --resume``.
         resume: continue the run in ``config.out`` from its newest checkpoint (bit-for-bit on the
-            CPU: model, momentum model, optimiser, step, RNG and data order are restored).
+            CPU: model, momentum model, optimiser, step, RNG and data order are restored). Fields
+            that change training must equal the saved ones.
         overwrite: replace the run in ``config.out``.
         callbacks: functions called as ``callback(event, info)`` with event ``"step"`` (after
             each optimiser step) or ``"epoch"`` (after each epoch's checkpoint).
 
-    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; the batch is split over them,
-    BatchNorm and the losses see the global batch, and rank 0 writes the run directory.
+    Torch's, NumPy's and Python's global generators are seeded from ``config.seed`` before the
+    networks are built (and restored from the checkpoint when resuming); training depends on them.
+
+    Under torchrun (``WORLD_SIZE`` > 1; ``torchrun --nproc_per_node N -m cli.main train ...``)
+    every process calls this; the batch is split over them, BatchNorm and the losses see the
+    global batch, and rank 0 writes the run directory.
 
     Raises:
         TrainConfigError, RunDirectoryError, NonFiniteLossError, CheckpointWriteError (all
         :class:`~clusterprobe.errors.ClusterprobeError`).
     """
-    config = resolve_config(config)
+    if isinstance(config, TrainConfig):
+        config = build_config(config)
+    elif isinstance(config, Mapping):
+        config = build_config(config, resume=resume)
+    else:
+        config = build_config(config_file=config, resume=resume)
     env = distributed.init_distributed(config.device)
     try:
         return _train(config, env, resume, overwrite, list(callbacks))
@@ -75,20 +98,69 @@ def train(
 
 def _train(config: TrainConfig, env: distributed.DistributedEnv, resume: bool, overwrite: bool,
            callbacks: list[Callback]) -> Path:
-    device, main = env.device, env.is_main
-    say = functools.partial(_say, enabled=main and config.progress)
+    say: Say = functools.partial(_say, enabled=env.is_main and config.progress)
+    run, resume_from = prepare_run_directory(config, env, resume, overwrite)
+    data = build_data(config, env)
+    training = build_training(config, env, data, say)
+    start_epoch, step = start_or_resume(config, env, run, resume_from, overwrite, training, say)
+    if start_epoch >= config.epochs:
+        say(f"{run.path} has finished all {config.epochs} epochs; nothing to do.")
+        return run.path
 
-    # -- 1. the run directory (checked on every rank, written by rank 0) ------------------------
+    logs = TrainingLogs.open(config, run, resumed_at=step if resume_from else None) if env.is_main else None
+    monitor = KnnMonitor(config.dataset, config.data_root, config.image_size, config.monitor_bank_size,
+                         config.monitor_query_size, config.seed, config.monitor_k)
+    say(f"training {config.method} on {config.dataset} ({len(data.train_set)} images, {data.steps_per_epoch} "
+        f"steps/epoch, {env.world_size} process(es) on {env.device}) -> {run.path}")
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            result = train_one_epoch(config, env, run, data, training, logs, epoch, step, callbacks)
+            step = result.step
+            end_of_epoch(config, env, run, training, logs, monitor, result, say, callbacks)
+    finally:
+        if logs is not None:
+            logs.close()
+    return run.path
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. the run directory
+def prepare_run_directory(config: TrainConfig, env: distributed.DistributedEnv, resume: bool,
+                          overwrite: bool) -> tuple[RunDirectory, Path | None]:
+    """Check ``config.out`` on every rank (no writes): the run directory and the state to resume
+    from (None: start fresh)."""
     run = RunDirectory(config.out)
     resume_from = run.check(config, resume=resume, overwrite=overwrite)
     if config.batch_size % env.world_size:
         raise TrainConfigError(f"The batch size {config.batch_size} must be divisible by the "
                                f"{env.world_size} processes.")
-    local_batch = config.batch_size // env.world_size
+    return run, resume_from
 
-    # -- 2. data -----------------------------------------------------------------------------------
-    data_root = config.data_root or (default_data_root() if config.dataset == "cifar10" else None)
-    base = load_dataset(config.dataset, data_root, "train", transform=None, download=config.download,
+
+# ---------------------------------------------------------------------------------------------
+# 2. data
+@dataclass
+class TrainingData:
+    """The two-view training set, its sampler and loader (this rank's share of each batch)."""
+
+    info: DatasetInfo
+    train_set: SeededViews
+    sampler: EpochSampler
+    loader: torch.utils.data.DataLoader
+    cifar_stem: bool
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+def build_data(config: TrainConfig, env: distributed.DistributedEnv) -> TrainingData:
+    """Load the train split (PIL images), wrap it in the two views and build the loader.
+
+    A data set that needs files (CIFAR, imagefolder) is read from ``config.data_root``; without
+    one, :func:`~clusterprobe.data.load_dataset` says what to pass.
+    """
+    base = load_dataset(config.dataset, config.data_root, "train", transform=None, download=config.download,
                         image_size=config.image_size)
     image_size = config.image_size or base.info.image_size
     if image_size is None:
@@ -101,15 +173,33 @@ def _train(config: TrainConfig, env: distributed.DistributedEnv, resume: bool, o
         raise TrainConfigError(f"The training set has {len(train_set)} images, fewer than one batch "
                                f"of {config.batch_size}; lower the batch size.")
     sampler = EpochSampler(len(train_set), config.seed, env.rank, env.world_size)
-    settings = loader_settings(device, config.num_workers, config.pin_memory, config.persistent_workers,
+    settings = loader_settings(env.device, config.num_workers, config.pin_memory, config.persistent_workers,
                                int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
-    loader = build_loader(train_set, sampler, local_batch, settings)
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
+    loader = build_loader(train_set, sampler, config.batch_size // env.world_size, settings)
+    return TrainingData(base.info, train_set, sampler, loader, cifar_stem)
 
-    # -- 3. method, optimiser, schedules -----------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------------
+# 3. method, optimiser, schedules
+@dataclass
+class Training:
+    """What an optimisation step changes: the method's networks, the optimiser and the AMP
+    scaler, with the LR schedule over all ``total_steps``."""
+
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_schedule: WarmupCosineSchedule
+    total_steps: int
+
+
+def build_training(config: TrainConfig, env: distributed.DistributedEnv, data: TrainingData, say: Say) -> Training:
+    """Seed the global generators from ``config.seed``, then build the method on the device
+    (with AMP on CUDA when asked), the optimiser, the AMP scaler and the LR schedule."""
+    device = env.device
+    total_steps = data.steps_per_epoch * config.epochs
     _seed_everything(config.seed)
-    method = build_method(config, base.info.channels, cifar_stem, total_steps, steps_per_epoch).to(device)
+    method = build_method(config, data.info.channels, data.cifar_stem, total_steps, data.steps_per_epoch).to(device)
     method.train()
     use_amp = config.amp and device.type == "cuda"
     if config.amp and not use_amp:
@@ -123,139 +213,220 @@ def _train(config: TrainConfig, env: distributed.DistributedEnv, resume: bool, o
     optimizer = build_optimizer(config.optimizer, method.trainable_parameters(), peak_lr,
                                 float(config.weight_decay), config.momentum)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16")
-    lr_schedule = WarmupCosineSchedule(peak_lr, total_steps, round(config.warmup_epochs * steps_per_epoch),
+    lr_schedule = WarmupCosineSchedule(peak_lr, total_steps, round(config.warmup_epochs * data.steps_per_epoch),
                                        peak_lr * float(config.lr_floor))
+    return Training(method, optimizer, scaler, lr_schedule, total_steps)
 
-    def save(epoch: int, step: int, path: Path) -> Path:
-        """Write the model(s) and the resume state after ``epoch`` epochs (rank 0)."""
-        state = {"step": step, "epoch": epoch, "optimizer": optimizer.state_dict(),
-                 "scaler": scaler.state_dict(), "rng": capture_rng_state(),
-                 "method": method.state_for_resume(), "config": config.to_dict()}
-        try:
-            return save_checkpoint(path, method.model, epoch, step, method=config.method,
-                                   momentum_model=method.momentum, eval_branch=config.eval_branch,
-                                   dataset=config.dataset, run=config.run_name, train_state=state,
-                                   extra={"config": config.to_dict(), **method.extra_checkpoint()})
-        except OSError as error:
-            previous = run.resume_point()
-            raise CheckpointWriteError(
-                f"Could not write {path} ({error.strerror or error}); the disk may be full. "
-                f"{'The previous state ' + str(previous) + ' is intact; ' if previous else ''}"
-                "free some space and continue with --resume."
-            ) from None
 
-    # -- 4. start or resume --------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------
+# 4. start or resume
+def start_or_resume(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory,
+                    resume_from: Path | None, overwrite: bool, training: Training, say: Say) -> tuple[int, int]:
+    """Restore ``resume_from``, or (rank 0) clear an overwritten run and write ``config.yaml``
+    and the initialisation ``epoch_0000.pt``. Returns the (epoch, step) to continue from."""
     if resume_from is not None:
-        start_epoch, step = _restore(resume_from, method, optimizer, scaler)
+        start_epoch, step = _restore(resume_from, training)
         say(f"resuming {run.path} from {resume_from.name}: epoch {start_epoch}, step {step}")
     else:
         start_epoch, step = 0, 0
-        if main:
+        if env.is_main:
             if overwrite:
                 run.clear()
             run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run.config_path)
             if config.save_init:
-                save(0, 0, run.checkpoint_path(0))
+                save_state(config, run, training, 0, 0, run.checkpoint_path(0))
     distributed.barrier()
-    if start_epoch >= config.epochs:
-        say(f"{run.path} has finished all {config.epochs} epochs; nothing to do.")
-        return run.path
+    return start_epoch, step
 
-    step_log = epoch_log = writer = None
-    if main:
-        step_log = CsvLog(run.log_path, STEP_FIELDS, keep_until_step=step if resume_from else None)
-        epoch_log = CsvLog(run.epochs_path, EPOCH_FIELDS, keep_until_step=step if resume_from else None)
-        writer = _tensorboard(run.tensorboard_dir) if config.tensorboard else None
-    monitor_sets = None
-    say(f"training {config.method} on {config.dataset} ({len(train_set)} images, {steps_per_epoch} "
-        f"steps/epoch, {env.world_size} process(es) on {device}) -> {run.path}")
 
-    # -- 5. the epochs -------------------------------------------------------------------------------------
+def _restore(path: Path, training: Training) -> tuple[int, int]:
+    """Load a checkpoint's models and resume state; returns (epoch, step) to continue from."""
+    raw = read_checkpoint_file(path)  # weights_only=True
+    state = raw.get("train_state")
+    if not state:
+        raise TrainingError(f"{path} holds no training state (it was not written by the trainer); "
+                            "cannot resume from it.")
+    method = training.method
+    method.model.load_state_dict(raw["state_dict"])
+    if method.momentum is not None:
+        method.momentum.load_state_dict(raw["momentum_state_dict"])
+    method.load_state_for_resume(state.get("method") or {})
+    training.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        training.scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"])
+    return int(state["epoch"]), int(state["step"])
+
+
+def save_state(config: TrainConfig, run: RunDirectory, training: Training, epoch: int, step: int,
+               path: Path) -> Path:
+    """Write the model(s) and the resume state after ``epoch`` epochs (rank 0).
+
+    Raises:
+        CheckpointWriteError: the file could not be written; the previous state is intact.
+    """
+    method = training.method
+    state = {"step": step, "epoch": epoch, "optimizer": training.optimizer.state_dict(),
+             "scaler": training.scaler.state_dict(), "rng": capture_rng_state(),
+             "method": method.state_for_resume(), "config": config.to_dict()}
     try:
-        for epoch in range(start_epoch, config.epochs):
-            sampler.set_epoch(epoch)
-            losses = []
-            epoch_start = last_time = time.perf_counter()
-            last_step = step
-            bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not (main and config.progress), leave=False, dynamic_ncols=True)
-            for views, _ in bar:
-                views = [v.to(device, non_blocking=True) for v in views]
-                lr = lr_schedule(step)
-                set_learning_rate(optimizer, lr)
+        return save_checkpoint(path, method.model, epoch, step, method=config.method,
+                               momentum_model=method.momentum, eval_branch=config.eval_branch,
+                               dataset=config.dataset, run=config.run_name, train_state=state,
+                               extra={"config": config.to_dict(), **method.extra_checkpoint()})
+    except OSError as error:
+        previous = run.resume_point()
+        raise CheckpointWriteError(
+            f"Could not write {path} ({error.strerror or error}); the disk may be full. "
+            f"{'The previous state ' + str(previous) + ' is intact; ' if previous else ''}"
+            "free some space and continue with --resume."
+        ) from None
 
-                loss, logs = method.training_step(views, step, epoch)
 
-                loss_value = distributed.all_reduce_(loss.detach().float().clone(), op="mean").item()
-                if not math.isfinite(loss_value):
-                    last = run.resume_point()
-                    raise NonFiniteLossError(
-                        f"The loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); "
-                        f"training stopped before that update. The last good checkpoint is "
-                        f"{last if last else 'none'}. Lower the learning rate or check the data.",
-                        step=step + 1, epoch=epoch + 1, last_checkpoint=str(last) if last else None,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                method.after_backward(epoch)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                losses.append(loss_value)
+# ---------------------------------------------------------------------------------------------
+# 5. the epochs
+@dataclass
+class TrainingLogs:
+    """Rank 0's ``log.csv``, ``epochs.csv`` and optional TensorBoard writer."""
 
-                if main and (step % config.log_every == 0 or step == total_steps):
-                    now = time.perf_counter()
-                    rate = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
-                    row = {"epoch": epoch + 1, "step": step, "loss": loss_value, "lr": lr,
-                           "ema": logs.get("ema"), "images_per_s": rate, "elapsed_s": now - epoch_start}
-                    step_log.write(row)
-                    if writer is not None:
-                        for key in ("loss", "lr", "ema", "images_per_s"):
-                            if row[key] is not None:
-                                writer.add_scalar(f"train/{key}", row[key], step)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", refresh=False)
-                    last_time, last_step = now, step
-                for callback in callbacks:
-                    callback("step", {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, **logs})
-            bar.close()
+    steps: CsvLog
+    epochs: CsvLog
+    writer: Any = None
 
-            # -- end of epoch: monitor, checkpoint, log -------------------------------------------------
-            epoch_seconds = time.perf_counter() - epoch_start
-            done = epoch + 1
-            knn = None
-            if config.monitor_every and done % config.monitor_every == 0:
-                if main:
-                    monitor_sets = monitor_sets or _monitor_sets(config, data_root)
-                    encoder = (method.momentum if method.momentum is not None else method.model).backbone
-                    knn = knn_accuracy(encoder, *monitor_sets, device, k=config.monitor_k)
-                distributed.barrier()
-            if main:
-                if done % config.save_every == 0 or done == config.epochs:
-                    save(done, step, run.checkpoint_path(done))
-                    if run.last_path.exists():
-                        run.last_path.unlink()
-                else:
-                    save(done, step, run.last_path)
-                epoch_row = {"epoch": done, "step": step, "loss": float(np.mean(losses)), "lr": lr,
-                             "ema": logs.get("ema"), "images_per_s": len(losses) * config.batch_size / epoch_seconds,
-                             "epoch_s": epoch_seconds, "knn_acc": knn}
-                epoch_log.write(epoch_row)
-                if writer is not None and knn is not None:
-                    writer.add_scalar("monitor/knn_acc", knn, step)
-                say(f"epoch {done}/{config.epochs}: loss {epoch_row['loss']:.4f}, "
-                    f"{epoch_row['images_per_s']:.0f} images/s"
-                    + (f", kNN accuracy {knn:.3f}" if knn is not None else ""))
-            distributed.barrier()
-            for callback in callbacks:
-                callback("epoch", {"epoch": done, "step": step, "knn_acc": knn})
-    finally:
-        for log in (step_log, epoch_log):
-            if log is not None:
-                log.close()
-        if writer is not None:
-            writer.close()
-    return run.path
+    @classmethod
+    def open(cls, config: TrainConfig, run: RunDirectory, resumed_at: int | None) -> "TrainingLogs":
+        """Start the logs, or (resuming at step ``resumed_at``) keep their rows up to that step."""
+        steps = CsvLog(run.log_path, STEP_FIELDS, keep_until_step=resumed_at)
+        epochs = CsvLog(run.epochs_path, EPOCH_FIELDS, keep_until_step=resumed_at)
+        return cls(steps, epochs, _tensorboard(run.tensorboard_dir) if config.tensorboard else None)
+
+    def write_step(self, row: Mapping[str, Any]) -> None:
+        self.steps.write(row)
+        if self.writer is not None:
+            for key in ("loss", "lr", "ema", "images_per_s"):
+                if row[key] is not None:
+                    self.writer.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def write_epoch(self, row: Mapping[str, Any]) -> None:
+        self.epochs.write(row)
+        if self.writer is not None and row["knn_acc"] is not None:
+            self.writer.add_scalar("monitor/knn_acc", row["knn_acc"], row["step"])
+
+    def close(self) -> None:
+        self.steps.close()
+        self.epochs.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+@dataclass
+class EpochResult:
+    """One epoch's outcome: ``epoch`` (0-based) ended at ``step`` after ``seconds``, with the
+    step losses, the last step's LR and method logs (e.g. its EMA rate)."""
+
+    epoch: int
+    step: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    lr: float | None = None
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory,
+                    data: TrainingData, training: Training, logs: TrainingLogs | None, epoch: int,
+                    step: int, callbacks: list[Callback]) -> EpochResult:
+    """One pass over this epoch's batches, starting after optimisation step ``step``.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (before that update was applied).
+    """
+    method, optimizer, scaler = training.method, training.optimizer, training.scaler
+    data.sampler.set_epoch(epoch)
+    result = EpochResult(epoch, step, 0.0)
+    epoch_start = last_time = time.perf_counter()
+    last_step = step
+    bar = tqdm(data.loader, total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+               disable=not (env.is_main and config.progress), leave=False, dynamic_ncols=True)
+    for views, _ in bar:
+        views = [v.to(env.device, non_blocking=True) for v in views]
+        lr = training.lr_schedule(step)
+        set_learning_rate(optimizer, lr)
+
+        loss, step_logs = method.training_step(views, step, epoch)
+
+        loss_value = distributed.all_reduce_(loss.detach().float().clone(), op="mean").item()
+        if not math.isfinite(loss_value):
+            raise _non_finite_loss(loss_value, step, epoch, run)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        method.after_backward(epoch)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        result.losses.append(loss_value)
+        result.step, result.lr, result.logs = step, lr, step_logs
+
+        if logs is not None and (step % config.log_every == 0 or step == training.total_steps):
+            now = time.perf_counter()
+            rate = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
+            logs.write_step({"epoch": epoch + 1, "step": step, "loss": loss_value, "lr": lr,
+                             "ema": step_logs.get("ema"), "images_per_s": rate,
+                             "elapsed_s": now - epoch_start})
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", refresh=False)
+            last_time, last_step = now, step
+        for callback in callbacks:
+            callback("step", {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, **step_logs})
+    bar.close()
+    result.seconds = time.perf_counter() - epoch_start
+    return result
+
+
+def _non_finite_loss(loss_value: float, step: int, epoch: int, run: RunDirectory) -> NonFiniteLossError:
+    last = run.resume_point()
+    return NonFiniteLossError(
+        f"The loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); "
+        f"training stopped before that update. The last good checkpoint is "
+        f"{last if last else 'none'}. Lower the learning rate or check the data.",
+        step=step + 1, epoch=epoch + 1, last_checkpoint=str(last) if last else None,
+    )
+
+
+def end_of_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory,
+                 training: Training, logs: TrainingLogs | None, monitor: KnnMonitor,
+                 result: EpochResult, say: Say, callbacks: list[Callback]) -> None:
+    """After an epoch: the kNN monitor (every ``monitor_every`` epochs), then on rank 0 a
+    checkpoint (``epoch_XXXX.pt`` every ``save_every`` epochs and after the last, else
+    ``last.pt``) and the ``epochs.csv`` row; then the ``"epoch"`` callbacks."""
+    done = result.epoch + 1
+    knn = None
+    if config.monitor_every and done % config.monitor_every == 0:
+        if env.is_main:
+            method = training.method
+            knn = monitor((method.momentum if method.momentum is not None else method.model).backbone, env.device)
+        distributed.barrier()
+    if env.is_main:
+        _save_epoch(config, run, training, done, result.step)
+        row = {"epoch": done, "step": result.step, "loss": float(np.mean(result.losses)), "lr": result.lr,
+               "ema": result.logs.get("ema"), "images_per_s": len(result.losses) * config.batch_size / result.seconds,
+               "epoch_s": result.seconds, "knn_acc": knn}
+        logs.write_epoch(row)
+        say(f"epoch {done}/{config.epochs}: loss {row['loss']:.4f}, {row['images_per_s']:.0f} images/s"
+            + (f", kNN accuracy {knn:.3f}" if knn is not None else ""))
+    distributed.barrier()
+    for callback in callbacks:
+        callback("epoch", {"epoch": done, "step": result.step, "knn_acc": knn})
+
+
+def _save_epoch(config: TrainConfig, run: RunDirectory, training: Training, done: int, step: int) -> None:
+    """``checkpoints/epoch_XXXX.pt`` on checkpoint epochs (removing an older ``last.pt``), else
+    ``last.pt``: the resume point that analyses never pick up."""
+    if done % config.save_every == 0 or done == config.epochs:
+        save_state(config, run, training, done, step, run.checkpoint_path(done))
+        if run.last_path.exists():
+            run.last_path.unlink()
+    else:
+        save_state(config, run, training, done, step, run.last_path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,33 +439,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
-
-
-def _restore(path: Path, method: Method, optimizer: torch.optim.Optimizer, scaler) -> tuple[int, int]:
-    """Load a checkpoint's models and resume state; returns (epoch, step) to continue from."""
-    from ..checkpoints import read_checkpoint_file
-
-    raw = read_checkpoint_file(path)  # weights_only=True
-    state = raw.get("train_state")
-    if not state:
-        raise TrainingError(f"{path} holds no training state (it was not written by the trainer); "
-                            "cannot resume from it.")
-    method.model.load_state_dict(raw["state_dict"])
-    if method.momentum is not None:
-        method.momentum.load_state_dict(raw["momentum_state_dict"])
-    method.load_state_for_resume(state.get("method") or {})
-    optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
-    return int(state["epoch"]), int(state["step"])
-
-
-def _monitor_sets(config: TrainConfig, data_root):
-    """(bank, queries) for the kNN monitor: evaluation-transformed train and test subsets."""
-    bank = load_dataset(config.dataset, data_root, "train", transform="eval", image_size=config.image_size)
-    queries = load_dataset(config.dataset, data_root, "test", transform="eval", image_size=config.image_size)
-    return limited(bank, config.monitor_bank_size, config.seed), limited(queries, config.monitor_query_size, config.seed)
 
 
 def _tensorboard(directory: Path):

@@ -1,9 +1,11 @@
 """A cheap online monitor: k-nearest-neighbour accuracy of the encoder's H.
 
 Follows the reference evaluation protocol (specification): frozen features of un-augmented
-images (the data set's evaluation transform), Euclidean distance on raw H, k = 5, majority vote
-(ties go to the nearest neighbour's class among the tied ones), a bank from the train split
-predicting a held-out query set (the test split).
+images (the data set's evaluation transform), a bank from the train split predicting a held-out
+query set (the test split). The monitor only encodes the images; the classification is
+:func:`clusterprobe.metrics.knn_accuracy` with ``protocol="majority-euclidean"`` (Euclidean
+distance on raw H, k = 5 by default, one vote per neighbour, ties to the smallest class index
+as in scikit-learn), the same kNN the metrics report.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data import collate_images
+from ..data import collate_images, load_dataset
 
 
 @torch.no_grad()
@@ -36,37 +38,41 @@ def encode_dataset(encoder: nn.Module, dataset, device: torch.device, batch_size
     return torch.cat(features), torch.cat(labels)
 
 
-def knn_predict(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor, k: int = 5,
-                chunk: int = 1024) -> torch.Tensor:
-    """Majority vote of the ``k`` Euclidean nearest bank samples for every query -> labels (q,).
+def monitor_accuracy(encoder: nn.Module, bank_set, query_set, device: torch.device, k: int = 5,
+                     batch_size: int = 256) -> float:
+    """Top-1 5-NN accuracy (0-1) of ``encoder``'s features: ``bank_set`` -> ``query_set``.
 
-    Ties between classes are broken in favour of the class of the nearest neighbour among them.
+    Encodes both sets (see :func:`encode_dataset`) and classifies with
+    :func:`clusterprobe.metrics.knn_accuracy` (``majority-euclidean``).
     """
-    k = min(k, bank.shape[0])
-    num_classes = int(bank_labels.max()) + 1
-    predictions = []
-    for start in range(0, queries.shape[0], chunk):
-        q = queries[start:start + chunk]
-        distances = torch.cdist(q, bank)
-        nearest = distances.topk(k, largest=False).indices  # sorted nearest first
-        votes = torch.zeros(q.shape[0], num_classes)
-        neighbour_labels = bank_labels[nearest]
-        votes.scatter_add_(1, neighbour_labels, torch.ones_like(neighbour_labels, dtype=votes.dtype))
-        # tie-break: a tiny bonus decreasing with rank
-        bonus = torch.zeros_like(votes)
-        rank_bonus = (torch.arange(k, 0, -1, dtype=votes.dtype) * 1e-3).expand(q.shape[0], k)
-        bonus.scatter_reduce_(1, neighbour_labels, rank_bonus, reduce="amax")
-        predictions.append((votes + bonus).argmax(dim=1))
-    return torch.cat(predictions)
+    from ..metrics import knn_accuracy  # the metrics package (pandas, FAISS) loads only when monitoring
 
-
-def knn_accuracy(encoder: nn.Module, bank_set, query_set, device: torch.device, k: int = 5,
-                 batch_size: int = 256) -> float:
-    """Top-1 kNN accuracy (0-1) of ``encoder``'s features: bank_set -> query_set."""
     bank, bank_labels = encode_dataset(encoder, bank_set, device, batch_size)
     queries, query_labels = encode_dataset(encoder, query_set, device, batch_size)
-    predicted = knn_predict(bank, bank_labels, queries, k)
-    return float((predicted == query_labels).float().mean())
+    result = knn_accuracy(bank.numpy(), bank_labels.numpy(), queries.numpy(), query_labels.numpy(),
+                          protocol="majority-euclidean", k=k, device=str(device))
+    return result.top1
+
+
+class KnnMonitor:
+    """The trainer's monitor: :func:`monitor_accuracy` of an encoder, train bank -> test queries.
+
+    The bank and queries (seeded subsets of ``bank_size`` and ``query_size`` images of the
+    evaluation-transformed train and test splits) are loaded on the first call.
+    """
+
+    def __init__(self, dataset: str, data_root, image_size: int | None, bank_size: int | None,
+                 query_size: int | None, seed: int = 0, k: int = 5):
+        self.dataset, self.data_root, self.image_size = dataset, data_root, image_size
+        self.bank_size, self.query_size, self.seed, self.k = bank_size, query_size, seed, k
+        self._sets = None
+
+    def __call__(self, encoder: nn.Module, device: torch.device) -> float:
+        if self._sets is None:
+            bank = load_dataset(self.dataset, self.data_root, "train", transform="eval", image_size=self.image_size)
+            queries = load_dataset(self.dataset, self.data_root, "test", transform="eval", image_size=self.image_size)
+            self._sets = limited(bank, self.bank_size, self.seed), limited(queries, self.query_size, self.seed)
+        return monitor_accuracy(encoder, *self._sets, device, k=self.k)
 
 
 def limited(dataset, size: int | None, seed: int = 0):

@@ -26,9 +26,10 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from ..errors import ClusterprobeError, RunDirectoryError
+from ..errors import RunDirectoryError
 from ..runs import CHECKPOINT_DIR, CONFIG_NAME, LAST_NAME, RunLayout
-from .config import TrainConfig, config_differences
+from .config import TrainConfig, config_differences, load_saved_config
+
 STEP_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "elapsed_s"]
 EPOCH_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "epoch_s", "knn_acc"]
 #: What a run directory may contain (``--overwrite`` removes only these).
@@ -42,10 +43,8 @@ class RunDirectory(RunLayout):
         return self.config_path.exists() or self.checkpoint_dir.exists()
 
     def saved_config(self) -> TrainConfig:
-        try:
-            return TrainConfig.from_dict(self.read_config())
-        except ClusterprobeError as error:
-            raise RunDirectoryError(f"Cannot resume from {self.path}: its config.yaml is unreadable ({error}).") from None
+        """The run's ``config.yaml`` (:func:`~clusterprobe.train.config.load_saved_config`)."""
+        return load_saved_config(self)
 
     def resume_point(self) -> Path | None:
         """The newest resumable state: the highest-epoch checkpoint, or last.pt when newer."""

@@ -1,0 +1,197 @@
+"""Where a run's settings come from (method defaults < the saved run's config.yaml when resuming
+< a config file < the fields given), decided once by the library: ``build_config`` and
+``train(mapping, resume=...)`` resolve exactly what ``clusterprobe train`` does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import clusterprobe.train as train_package
+from clusterprobe.errors import RunDirectoryError, TrainConfigError
+from clusterprobe.train import TrainConfig, build_config, resolve_config, train
+
+TINY = dict(method="resa", dataset="digits", epochs=2, batch_size=32, width=4, projector_dims=[32, 32, 16],
+            limit_train=64, lr=0.5, progress=False)
+
+
+def _cli():
+    from cli.main import app
+
+    return app
+
+
+def cli_resolved(monkeypatch, args: list[str]) -> tuple[TrainConfig, dict]:
+    """The config (and keyword arguments) ``clusterprobe train ARGS`` hands to the library's
+    ``train``; nothing is trained."""
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["config"], seen["kwargs"] = config, kwargs
+        return Path(config.out)
+
+    monkeypatch.setattr(train_package, "train", fake_train)
+    result = CliRunner().invoke(_cli(), ["train", *args])
+    assert result.exit_code == 0, result.output
+    return seen["config"], seen["kwargs"]
+
+
+def write_run(path: Path, **changes) -> Path:
+    """A run directory holding only a saved (resolved) config.yaml."""
+    from clusterprobe.train import save_config
+
+    path.mkdir(parents=True)
+    save_config(resolve_config({**TINY, "out": str(path), **changes}), path / "config.yaml")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+def test_given_fields_over_the_method_defaults():
+    config = build_config({"method": "simclr", "dataset": "digits", "out": "runs/x", "batch-size": 64,
+                           "options": {"temperature": 0.5}})
+    assert config.batch_size == 64 and config.out == "runs/x"
+    assert config.optimizer == "lars" and config.lr == 0.4 and config.projector_dims == [2048, 256]  # recipe
+    assert config.options == {"temperature": 0.5}
+    assert config == resolve_config(TrainConfig(method="simclr", dataset="digits", out="runs/x", batch_size=64,
+                                                 options={"temperature": 0.5}))
+
+
+def test_config_file_under_the_given_fields(tmp_path):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "out": "runs/from_file", "seed": 3, "lr": 0.7,
+                                    "options": {"temperature": 0.3, "sinkhorn_epsilon": 0.1}}))
+    config = build_config({"seed": 5, "options": {"sinkhorn_iterations": 5}}, config_file=path)
+    assert config.seed == 5 and config.lr == 0.7 and config.out == "runs/from_file"
+    # options merge key by key: the file's two, the given one, the method's default for the rest
+    assert config.options == {"temperature": 0.3, "sinkhorn_epsilon": 0.1, "sinkhorn_iterations": 5,
+                              "transposed": False}
+
+
+def test_resume_reads_the_saved_config_under_the_given_fields(tmp_path):
+    run = write_run(tmp_path / "run", seed=7, options={"temperature": 0.3})
+    config = build_config({"out": str(run), "log_every": 2, "options": {"transposed": True}}, resume=True)
+    assert config.seed == 7 and config.width == 4 and config.limit_train == 64 and config.log_every == 2
+    assert config.options == {"temperature": 0.3, "sinkhorn_epsilon": 0.05, "sinkhorn_iterations": 3,
+                              "transposed": True}
+    # without resume the saved run is not read: the method's defaults fill in
+    fresh = build_config({"out": str(run)})
+    assert fresh.seed == 0 and fresh.width == 64 and fresh.options["temperature"] == 0.4
+
+
+def test_a_config_file_replaces_the_saved_config_when_resuming(tmp_path):
+    run = write_run(tmp_path / "run", seed=7)
+    path = tmp_path / "settings.toml"
+    path.write_text(f'method = "resa"\ndataset = "digits"\nout = "{run}"\nepochs = 2\n')
+    config = build_config({}, config_file=path, resume=True)
+    assert config.seed == 0 and config.width == 64 and config.batch_size == 256
+
+
+def test_missing_run_directory_is_refused(tmp_path):
+    with pytest.raises(TrainConfigError, match=r"Resuming needs the run directory: --out runs/NAME"):
+        build_config({"epochs": 3}, resume=True)
+    with pytest.raises(TrainConfigError, match=r"Give the run directory: --out runs/NAME"):
+        build_config({"method": "resa"})
+    path = tmp_path / "no_out.yaml"
+    path.write_text("method: resa\n")
+    with pytest.raises(TrainConfigError, match=r"'out:' in the config file"):
+        build_config(config_file=path)
+    with pytest.raises(TrainConfigError, match="either a complete TrainConfig or a config file"):
+        build_config(TrainConfig(out="x"), config_file=path)
+
+
+def test_unreadable_saved_config(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("- not\n- a mapping\n")
+    with pytest.raises(RunDirectoryError, match=r"Cannot resume from .*run: its config.yaml is unreadable"):
+        build_config({"out": str(run)}, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line resolves through the same function
+def test_cli_and_library_resolve_the_same_fresh_config(tmp_path, monkeypatch):
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump({"method": "resa", "dataset": "digits", "epochs": 4,
+                                    "options": {"temperature": 0.3}}))
+    args = ["--config", str(path), "--out", str(tmp_path / "run"), "--width", "8", "--projector-dims",
+            "64,64,32", "-o", "sinkhorn_iterations=5", "--crop-scale", "0.5,1.0", "--no-flip", "--quiet"]
+    from_cli, kwargs = cli_resolved(monkeypatch, args)
+    from_library = build_config({"out": str(tmp_path / "run"), "width": 8, "projector_dims": [64, 64, 32],
+                                 "options": {"sinkhorn_iterations": 5}, "crop_scale": [0.5, 1.0],
+                                 "flip": False, "progress": False}, config_file=path)
+    assert from_cli == from_library
+    assert from_cli.options["temperature"] == 0.3 and from_cli.options["sinkhorn_iterations"] == 5
+    assert kwargs == {"resume": False, "overwrite": False}
+
+
+def test_cli_and_library_resolve_the_same_resumed_config(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "run", seed=7, options={"temperature": 0.3})
+    from_cli, kwargs = cli_resolved(monkeypatch, ["--out", str(run), "--resume", "--log-every", "2",
+                                                  "-o", "transposed=true"])
+    from_library = build_config({"out": str(run), "log_every": 2, "options": {"transposed": True}}, resume=True)
+    assert from_cli == from_library
+    assert from_cli.seed == 7 and from_cli.options["temperature"] == 0.3 and from_cli.options["transposed"] is True
+    assert kwargs == {"resume": True, "overwrite": False}
+
+
+def test_library_and_cli_resume_the_same_run_identically(tmp_path):
+    """An interrupted run resumed by ``train({"out": ...}, resume=True)`` and by
+    ``clusterprobe train --out ... --resume``: the same config and bit-identical weights."""
+
+    def stop_after_epoch_one(event, info):
+        if event == "epoch" and info["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    first = tmp_path / "first"
+    with pytest.raises(KeyboardInterrupt):
+        train({**TINY, "out": str(first)}, callbacks=[stop_after_epoch_one])
+    assert sorted(p.name for p in (first / "checkpoints").iterdir()) == ["epoch_0000.pt", "epoch_0001.pt"]
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+
+    train({"out": str(first), "log_every": 2}, resume=True)
+    result = CliRunner().invoke(_cli(), ["train", "--out", str(second), "--log-every", "2", "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    a = yaml.safe_load((first / "config.yaml").read_text())
+    b = yaml.safe_load((second / "config.yaml").read_text())
+    assert {**a, "out": None} == {**b, "out": None}
+    ours = torch.load(first / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    theirs = torch.load(second / "checkpoints" / "epoch_0002.pt", weights_only=True)
+    assert ours["step"] == theirs["step"] == 4
+    for key in ("state_dict", "momentum_state_dict"):
+        assert ours[key].keys() == theirs[key].keys()
+        for name in ours[key]:
+            assert torch.equal(ours[key][name], theirs[key][name]), (key, name)
+
+
+def test_resume_refuses_changed_training_fields_from_both(tmp_path):
+    run = write_run(tmp_path / "run")
+    shutil.copy(run / "config.yaml", tmp_path / "saved.yaml")
+    (run / "checkpoints").mkdir()
+    with pytest.raises(RunDirectoryError, match=r"these fields differ \(saved -> now\): epochs: 2 -> 5"):
+        train({"out": str(run), "epochs": 5}, resume=True)
+    result = CliRunner().invoke(_cli(), ["train", "--out", str(run), "--epochs", "5", "--resume", "--quiet"])
+    assert result.exit_code == 1 and "epochs: 2 -> 5" in result.output
+    # a complete TrainConfig is compared as it is: every default that differs is refused
+    with pytest.raises(RunDirectoryError, match=r"width: 4 -> 64"):
+        train(TrainConfig(method="resa", dataset="digits", out=str(run), epochs=2), resume=True)
+    assert (run / "config.yaml").read_text() == (tmp_path / "saved.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# the building blocks refuse bad names with the project's error class
+def test_building_blocks_raise_train_config_errors():
+    from clusterprobe.train.optim import build_optimizer
+    from clusterprobe.train.views import two_view_transform
+
+    with pytest.raises(TrainConfigError, match=r"Unknown optimizer 'adam'; use one of sgd, lars\."):
+        build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], 0.1, 0.0)
+    with pytest.raises(TrainConfigError, match=r"Unknown view recipe 'strong'; use one of resa, asymmetric"):
+        two_view_transform("strong", 32, (0.5,), (0.5,))
+    assert issubclass(TrainConfigError, ValueError)
