@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clusterprobe.train import METHODS, TrainConfig, build_method, resolve_config  # noqa: E402
+from clusterprobe.trainer import METHODS, TrainConfig, build_method, resolve_config  # noqa: E402
 from clusterprobe.devices import resolve_device  # noqa: E402
-from clusterprobe.train.optim import build_optimizer  # noqa: E402
-from clusterprobe.train.sinkhorn import resa_target  # noqa: E402
+from clusterprobe.trainer.optim import build_optimizer  # noqa: E402
+from clusterprobe.trainer.sinkhorn import resa_target  # noqa: E402
 
 
 def sync(device):

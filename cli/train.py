@@ -1,8 +1,8 @@
-"""``clusterprobe train``: parse the options and call :func:`clusterprobe.train.train`.
+"""``clusterprobe train``: parse the options and call :func:`clusterprobe.trainer.train`.
 
 Where the settings come from (method defaults < the run's saved ``config.yaml`` with ``--resume``
 and no ``--config`` < a ``--config`` file < the options given) is decided by
-:func:`clusterprobe.train.build_config`; this module only turns the options into fields.
+:func:`clusterprobe.trainer.build_config`; this module only turns the options into fields.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ):
-        from clusterprobe.train import build_config
-        from clusterprobe.train import train as run_training
+        from clusterprobe.trainer import build_config
+        from clusterprobe.trainer import train as run_training
 
         given = {
             "method": method, "dataset": dataset, "data_root": data_root, "download": download,

@@ -34,7 +34,9 @@ _EXPORTS = {
     "ReportSettings": "clusterprobe.report",
     "build_report": "clusterprobe.report",
     # the trainer beside them
-    "TrainConfig": "clusterprobe.train",
+    "TrainConfig": "clusterprobe.trainer",
+    "build_config": "clusterprobe.trainer",
+    "train": "clusterprobe.trainer",
     # layout and errors
     "RunLayout": "clusterprobe.runs",
     "ClusterprobeError": "clusterprobe.errors",

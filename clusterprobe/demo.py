@@ -34,7 +34,7 @@ DEMO_METHODS = {"resa": {}, "byol": {"predictor_dims": [128, 64]}}
 def run_demo(out: str | Path = "clusterprobe-demo", epochs: int = 6, progress: bool = True,
              device: str = "auto") -> ReportResult:
     """Train the demo runs into ``out/runs`` (resuming finished ones) and report into ``out/report``."""
-    from .train import train
+    from .trainer import train
 
     out = Path(out)
     started = time.perf_counter()

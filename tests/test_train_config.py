@@ -12,9 +12,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import clusterprobe.train as train_package
+import clusterprobe.trainer as train_package
 from clusterprobe.errors import RunDirectoryError, TrainConfigError
-from clusterprobe.train import TrainConfig, build_config, resolve_config, train
+from clusterprobe.trainer import TrainConfig, build_config, resolve_config, train
 
 TINY = dict(method="resa", dataset="digits", epochs=2, batch_size=32, width=4, projector_dims=[32, 32, 16],
             limit_train=64, lr=0.5, progress=False)
@@ -43,7 +43,7 @@ def cli_resolved(monkeypatch, args: list[str]) -> tuple[TrainConfig, dict]:
 
 def write_run(path: Path, **changes) -> Path:
     """A run directory holding only a saved (resolved) config.yaml."""
-    from clusterprobe.train import save_config
+    from clusterprobe.trainer import save_config
 
     path.mkdir(parents=True)
     save_config(resolve_config({**TINY, "out": str(path), **changes}), path / "config.yaml")
@@ -187,8 +187,8 @@ def test_resume_refuses_changed_training_fields_from_both(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # the building blocks refuse bad names with the project's error class
 def test_building_blocks_raise_train_config_errors():
-    from clusterprobe.train.optim import build_optimizer
-    from clusterprobe.train.views import two_view_transform
+    from clusterprobe.trainer.optim import build_optimizer
+    from clusterprobe.trainer.views import two_view_transform
 
     with pytest.raises(TrainConfigError, match=r"Unknown optimizer 'adam'; use one of sgd, lars\."):
         build_optimizer("adam", [torch.nn.Parameter(torch.zeros(2))], 0.1, 0.0)

@@ -23,7 +23,7 @@ STEPS = 2
 
 
 def _config(method: str, **changes):
-    from clusterprobe.train import TrainConfig, resolve_config
+    from clusterprobe.trainer import TrainConfig, resolve_config
 
     fields = dict(method=method, dataset="digits", epochs=1, batch_size=GLOBAL_BATCH, width=4,
                   projector_dims=[32, 32, 16], out="unused", lr=0.5)
@@ -41,8 +41,8 @@ def run_steps(method: str, env=None, **changes) -> dict:
 
     Returns the global (rank-averaged) losses and the final online and momentum weights.
     """
-    from clusterprobe.train import build_method, distributed
-    from clusterprobe.train.optim import build_optimizer
+    from clusterprobe.trainer import build_method, distributed
+    from clusterprobe.trainer.optim import build_optimizer
 
     config = _config(method, **changes)
     rank, world = (env.rank, env.world_size) if env else (0, 1)
@@ -158,7 +158,7 @@ def test_torchrun_training_run(tmp_path):
 
 
 if __name__ == "__main__":  # torchrun worker
-    from clusterprobe.train import distributed as _distributed
+    from clusterprobe.trainer import distributed as _distributed
 
     torch.set_num_threads(1)
     target = Path(sys.argv[1])

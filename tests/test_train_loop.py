@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from clusterprobe.checkpoints import load_checkpoint
 from clusterprobe.data import load_dataset
 from clusterprobe.errors import ClusterprobeError
-from clusterprobe.train import (CheckpointWriteError, NonFiniteLossError, RunDirectoryError,
+from clusterprobe.trainer import (CheckpointWriteError, NonFiniteLossError, RunDirectoryError,
                                 TrainConfig, TrainConfigError, resolve_config, train)
-from clusterprobe.train.monitor import monitor_accuracy
+from clusterprobe.trainer.monitor import monitor_accuracy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,7 +264,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
                 for module in poison.method_params:
                     module.fill_(float("nan"))
 
-    import clusterprobe.train.loop as loop_module
+    import clusterprobe.trainer.loop as loop_module
 
     original = loop_module.build_method
 
@@ -384,7 +384,7 @@ def test_resa_on_cifar10_subset_learns(tmp_path, one_thread, cifar10):
     run = train(config)
     losses = [float(r["loss"]) for r in read_csv(run / "epochs.csv")]
     assert losses[-1] < losses[0]
-    from clusterprobe.train.monitor import limited
+    from clusterprobe.trainer.monitor import limited
 
     bank = limited(load_dataset("cifar10", cifar10, "train"), 2000)
     queries = limited(load_dataset("cifar10", cifar10, "test"), 1000)
@@ -396,8 +396,8 @@ def test_resa_on_cifar10_subset_learns(tmp_path, one_thread, cifar10):
 
 def test_views_do_not_depend_on_workers_or_rng_state():
     """Sample i of epoch e gets the same views with 0 or 2 workers and whatever the global RNG."""
-    from clusterprobe.train.loading import EpochSampler, LoaderSettings, SeededViews, build_loader
-    from clusterprobe.train.views import two_view_transform
+    from clusterprobe.trainer.loading import EpochSampler, LoaderSettings, SeededViews, build_loader
+    from clusterprobe.trainer.views import two_view_transform
 
     base = load_dataset("digits", split="train", transform=None)
     views = two_view_transform("resa", 8, base.info.mean, base.info.std)
@@ -425,10 +425,10 @@ def test_views_do_not_depend_on_workers_or_rng_state():
 
 def test_the_trainer_has_no_command_line_back_door():
     """Several processes start with ``torchrun ... -m cli.main train``; the library never imports
-    the command line (no ``python -m clusterprobe.train``)."""
+    the command line (no ``python -m clusterprobe.trainer``)."""
     import re
 
-    assert not (REPO / "clusterprobe" / "train" / "__main__.py").exists()
+    assert not list((REPO / "clusterprobe").rglob("__main__.py"))
     importing_cli = re.compile(r"^\s*(from\s+cli(\.|\s)|import\s+cli(\.|\s|$))", re.MULTILINE)
     offenders = [str(path.relative_to(REPO)) for path in sorted((REPO / "clusterprobe").rglob("*.py"))
                  if importing_cli.search(path.read_text())]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from clusterprobe.train import (ReSALoss, TrainConfig, TrainConfigError, barlow_twins_loss, build_method,
+from clusterprobe.trainer import (ReSALoss, TrainConfig, TrainConfigError, barlow_twins_loss, build_method,
                                 byol_loss, nt_xent_loss, resa_loss, resolve_config, swav_loss, vicreg_loss)
 
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from clusterprobe.train import (CosineEMASchedule, TrainConfig, WarmupCosineSchedule, build_method,
+from clusterprobe.trainer import (CosineEMASchedule, TrainConfig, WarmupCosineSchedule, build_method,
                                 resolve_config)
-from clusterprobe.train.optim import LARS
+from clusterprobe.trainer.optim import LARS
 
 
 def test_warmup_then_cosine_to_floor():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clusterprobe.train import resa_target, sinkhorn_knopp
+from clusterprobe.trainer import resa_target, sinkhorn_knopp
 
 
 def reference_sinkhorn(scores: np.ndarray, epsilon: float, iterations: int) -> np.ndarray:

@@ -3,7 +3,7 @@ Barlow Twins baselines, with per-epoch checkpoints, bit-for-bit resume and torch
 
 Library use::
 
-    from clusterprobe.train import TrainConfig, train
+    from clusterprobe.trainer import TrainConfig, train
     run_dir = train(TrainConfig(method="resa", dataset="digits", epochs=5, batch_size=64,
                                 width=8, projector_dims=[128, 128, 64], out="runs/demo"))
     # a mapping of some fields is completed like the command line's options; resuming, over

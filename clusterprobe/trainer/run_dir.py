@@ -2,7 +2,7 @@
 
 Layout of ``runs/NAME/``:
 
-- ``config.yaml``: the resolved :class:`~clusterprobe.train.config.TrainConfig`.
+- ``config.yaml``: the resolved :class:`~clusterprobe.trainer.config.TrainConfig`.
 - ``checkpoints/epoch_XXXX.pt``: after epoch N completes (1-based), every ``save_every`` epochs and
   after the last one; ``epoch_0000.pt`` is the initialisation (``save_init``). Each is a
   :func:`~clusterprobe.checkpoints.save_checkpoint` file (``weights_only``-loadable) that also
@@ -43,7 +43,7 @@ class RunDirectory(RunLayout):
         return self.config_path.exists() or self.checkpoint_dir.exists()
 
     def saved_config(self) -> TrainConfig:
-        """The run's ``config.yaml`` (:func:`~clusterprobe.train.config.load_saved_config`)."""
+        """The run's ``config.yaml`` (:func:`~clusterprobe.trainer.config.load_saved_config`)."""
         return load_saved_config(self)
 
     def resume_point(self) -> Path | None:

@@ -61,7 +61,7 @@ def train(
     Args:
         config: a complete :class:`TrainConfig`; or a mapping of some of its fields, or a
             YAML/TOML file of them: these are completed by
-            :func:`~clusterprobe.train.config.build_config` exactly like the command line's
+            :func:`~clusterprobe.trainer.config.build_config` exactly like the command line's
             options (with ``resume``, over the run's saved ``config.yaml``), so
             ``train({"out": "runs/x", "epochs": 20}, resume=True)`` is
             ``clusterprobe train --out runs/x --epochs 20 --resume``.

@@ -174,7 +174,7 @@ class ReSA(Method):
 
     Step: online forward of both views; then without gradient the EMA update, the momentum
     forward of both views and the Sinkhorn target from the weak view's online and momentum
-    encodings H (float32, over the global batch); loss :func:`~clusterprobe.train.losses.resa_loss`
+    encodings H (float32, over the global batch); loss :func:`~clusterprobe.trainer.losses.resa_loss`
     on the online embeddings (predictor outputs when the optional predictor is on).
     """
 

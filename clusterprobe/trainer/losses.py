@@ -5,7 +5,7 @@ Shapes: ``m`` = samples of this process, ``B`` = samples of the global batch (``
 process), ``d`` = embedding size. All losses compute in float32 whatever the input dtype.
 
 Under torchrun the functions that need the whole batch gather it themselves through
-:mod:`clusterprobe.train.distributed` (identity in one process), so the loss of each rank,
+:mod:`clusterprobe.trainer.distributed` (identity in one process), so the loss of each rank,
 averaged over ranks (what DDP's gradient averaging optimises), equals the one-process loss of the
 global batch:
 
@@ -56,7 +56,7 @@ def resa_loss(
             without gradient (detached here); K = m in one process, the global batch B under DDP
             (gathered from all ranks, in rank order).
         target: (m, K) Sinkhorn target A (rows sum to 1), e.g. from
-            :func:`clusterprobe.train.sinkhorn.resa_target`; treated as a constant.
+            :func:`clusterprobe.trainer.sinkhorn.resa_target`; treated as a constant.
         temperature: tau of the predictions (0.4).
         transposed: add the earlier form's column-wise term (default off). It needs the whole
             matrix (m = K); under DDP pass all ranks' ``z`` and ``target`` (ReSA's training step
@@ -238,7 +238,7 @@ def swav_loss(scores: Sequence[torch.Tensor], codes: Sequence[torch.Tensor], tem
         scores: per view, (m, K) similarities of the L2-normalised projections to the
             L2-normalised prototypes, with gradient.
         codes: per view, (m, K) Sinkhorn codes q (rows sum to 1) computed from the detached
-            scores (:func:`clusterprobe.train.sinkhorn.sinkhorn_knopp`).
+            scores (:func:`clusterprobe.trainer.sinkhorn.sinkhorn_knopp`).
         temperature: softmax temperature (0.1).
 
     Returns:

@@ -16,7 +16,7 @@ Recipes (:data:`VIEW_RECIPES`), sized to the data set's image size:
 Every view ends with ToTensor + Normalize(data set mean, std). On 1-channel images (digits) the
 saturation and hue jitter do nothing and grayscale keeps one channel. All randomness comes from
 torch's global generator, which the training data set seeds per sample (see
-:mod:`clusterprobe.train.loading`).
+:mod:`clusterprobe.trainer.loading`).
 """
 
 from __future__ import annotations
