@@ -103,7 +103,7 @@ def _write(frame, path: Path) -> None:
 @friendly_errors
 def metrics(
     source: Path = typer.Argument(..., help="A feature bank directory or a run directory (banks under features/<split>/epoch_XXXX/)."),
-    metric_names: str = typer.Option("all", "--metrics", "-m", help="Comma-separated: nmi, ari, acc, silhouette, linear, knn, db, ch, rankme (or all, kmeans)."),
+    metric_names: str = typer.Option("all", "--metrics", "-m", help="Comma-separated: nmi, ari, cluster_acc, silhouette (= silhouette_true + silhouette_kmeans), silhouette_true, silhouette_kmeans, linear, knn, davies_bouldin, calinski_harabasz, rankme; or all, kmeans (= nmi, ari, cluster_acc)."),
     k: Optional[int] = typer.Option(None, "--k", help="k-means clusters (default: the number of classes)."),
     distance: str = typer.Option("cosine", "--distance", help="Silhouette distance: cosine (exact, fast) or euclidean (exact, O(n^2))."),
     seeds: str = typer.Option("3", "--seeds", help="k-means seeds: a count (3 = seeds 0,1,2) or a list (0,5,9)."),
@@ -123,7 +123,6 @@ def metrics(
 ) -> None:
     """Clustering (k-means NMI/ARI/ACC, silhouette), probe (linear, kNN) and spectral metrics per layer and epoch."""
     from clusterprobe.metrics import MetricSettings, evaluate
-    from clusterprobe.metrics.evaluate import default_cache_path
 
     settings = MetricSettings(
         metrics=metric_names, k=k, distance=distance, seeds=_seeds(seeds), normalize=normalize,
@@ -143,8 +142,8 @@ def metrics(
     skipped = frame[frame["note"] != ""].drop_duplicates(["layer", "split", "unit", "note"])
     for row in skipped.itertuples():
         out.print(f"[yellow]{row.unit}[/] ({row.layer}, {row.split}): {row.note}", highlight=False)
-    if cache:
-        out.print(f"cached in {default_cache_path(source)}", highlight=False, soft_wrap=True)
+    if frame.attrs.get("cache"):
+        out.print(f"cached in {frame.attrs['cache']}", highlight=False, soft_wrap=True)
     if output is not None:
         _write(frame, output)
         out.print(f"wrote {output}", highlight=False, soft_wrap=True)

@@ -85,3 +85,19 @@ def test_metrics_errors_are_one_clean_paragraph(app, extracted_run, tmp_path):
     assert result.exit_code == 1 and "larger than the number of samples" in result.output
     result = runner.invoke(app, ["metrics", str(extracted_run), "-m", "nmj"])
     assert result.exit_code == 1 and "Did you mean 'nmi'" in result.output
+    result = runner.invoke(app, ["metrics", str(extracted_run), "-m", "acc"])  # one name per metric
+    assert result.exit_code == 1 and "Did you mean 'cluster_acc'" in result.output
+
+
+def test_metrics_help_lists_the_metric_names(app):
+    from clusterprobe.metrics import METRIC_NAMES
+
+    result = runner.invoke(app, ["metrics", "--help"], env=WIDE)
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 0
+    for name in METRIC_NAMES:
+        assert name in text, name
+    import re
+
+    words = set(re.findall(r"[a-z_]+", text.split("--metrics")[1].split("--k")[0]))
+    assert not words & {"acc", "db", "ch", "probe", "accuracy"}  # the former second names

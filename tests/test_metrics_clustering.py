@@ -26,7 +26,7 @@ from clusterprobe.metrics import (
     calinski_harabasz,
     cluster_agreement,
     cluster_validity,
-    clustering_accuracy,
+    cluster_acc,
     davies_bouldin,
     kmeans,
     nmi,
@@ -78,16 +78,41 @@ def test_kmeans_trains_on_every_point_not_a_subsample():
         np.testing.assert_allclose(result.centroids[0, j], members.mean(axis=0), atol=1e-4)
 
 
+def _faiss_once(X, k, niter):
+    """One plain FAISS k-means call of ``niter`` iterations, options as :func:`kmeans` sets them."""
+    import math
+
+    from clusterprobe.linalg import l2_normalize
+    from clusterprobe.metrics._device import faiss_module
+
+    faiss = faiss_module()
+    km = faiss.Kmeans(X.shape[1], k, niter=niter, nredo=1, seed=0, spherical=True, verbose=False,
+                      max_points_per_centroid=math.ceil(len(X) / k) + 1, min_points_per_centroid=1,
+                      init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS)
+    km.train(l2_normalize(X))
+    return km.obj[-1]
+
+
 def test_kmeans_stops_early_only_when_converged(digits):
     X, _ = digits
-    loose = kmeans(X, 10, seeds=1, tol=1e-2)
+    # tol=0 never stops early: the chunked run equals one FAISS call of all 100 iterations
     exact = kmeans(X, 10, seeds=1, tol=0.0, niter=100)
-    # a loose tolerance stops sooner, so its objective (sum of cosine similarities) is no better
-    assert loose.objective[0] <= exact.objective[0] + 1e-3
+    assert exact.objective[0] == pytest.approx(_faiss_once(X, 10, 100), rel=1e-6)
+    # a loose tolerance stops after the first chunk of 5 iterations (there the objective, a sum
+    # of cosine similarities, changes by < 1 %), so it ends below the converged objective
+    loose = kmeans(X, 10, seeds=1, tol=1e-2)
+    assert loose.objective[0] == pytest.approx(_faiss_once(X, 10, 5), rel=1e-6)
+    assert loose.objective[0] < exact.objective[0] - 1.0
 
 
 def test_kmeans_rejects_bad_input(digits):
     X, _ = digits
+    with pytest.raises(TypeError):
+        kmeans(X, 10, 3)  # options are keyword-only
+    with pytest.raises(MetricsError, match="init"):
+        kmeans(X, 10, init="kmeans||")
+    with pytest.raises(MetricsError, match="niter"):
+        kmeans(X, 10, niter=0)
     with pytest.raises(MetricsError, match="larger than the number of samples"):
         kmeans(X[:5], 6)
     with pytest.raises(MetricsError, match="k >= 2"):
@@ -111,29 +136,36 @@ def test_nmi_and_ari_are_scikit_learns(digits):
     labels = kmeans(X, 10, seeds=1).labels[0]
     assert nmi(y, labels) == pytest.approx(normalized_mutual_info_score(y, labels))
     assert ari(y, labels) == pytest.approx(adjusted_rand_score(y, labels))
-    scores = cluster_agreement(y, kmeans(X, 10, seeds=2))
-    assert set(scores) == {"nmi", "ari", "cluster_acc"} and all(0 <= m <= 1 for m, _ in scores.values())
+    result = kmeans(X, 10, seeds=2)
+    scores = cluster_agreement(y, result)
+    assert set(scores) == {"nmi", "ari", "cluster_acc"}
+    for name, reference in (("nmi", normalized_mutual_info_score), ("ari", adjusted_rand_score)):
+        values = [reference(y, labels) for labels in result.labels]  # one per seed
+        assert scores[name] == pytest.approx((np.mean(values), np.std(values)))
+    assert cluster_agreement(y, result, metrics=["ari"]) == {"ari": scores["ari"]}
+    with pytest.raises(MetricsError, match="Unknown agreement metric 'acc'"):
+        cluster_agreement(y, result, metrics=["acc"])
 
 
-def test_clustering_accuracy_by_hand():
+def test_cluster_acc_by_hand():
     y = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([7, 7, 3, 3, 5, 3])  # best matching: 7->0, 3->1, 5->2: 5 of 6 right
-    assert clustering_accuracy(y, pred) == pytest.approx(5 / 6)
-    assert clustering_accuracy(y, np.array([1, 1, 2, 2, 0, 0])) == 1.0  # any relabelling
+    assert cluster_acc(y, pred) == pytest.approx(5 / 6)
+    assert cluster_acc(y, np.array([1, 1, 2, 2, 0, 0])) == 1.0  # any relabelling
     # more clusters than classes: the extra cluster cannot be matched and counts as wrong
-    assert clustering_accuracy(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 2, 1, 1, 1])) == pytest.approx(5 / 6)
+    assert cluster_acc(np.array([0, 0, 0, 1, 1, 1]), np.array([0, 0, 2, 1, 1, 1])) == pytest.approx(5 / 6)
     with pytest.raises(MetricsError, match="entries but there are"):
-        clustering_accuracy(y, pred[:4])
+        cluster_acc(y, pred[:4])
 
 
-def test_clustering_accuracy_matches_brute_force(digits):
+def test_cluster_acc_matches_brute_force(digits):
     from itertools import permutations
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 200)
     pred = np.where(rng.random(200) < 0.6, (y + 1) % 4, rng.integers(0, 4, 200))
     best = max(np.mean(np.array(p)[pred] == y) for p in permutations(range(4)))
-    assert clustering_accuracy(y, pred) == pytest.approx(best)
+    assert cluster_acc(y, pred) == pytest.approx(best)
 
 
 # -- label-free extras ------------------------------------------------------------------------------
@@ -172,10 +204,29 @@ def test_threads_for_restores_thread_counts():
     from clusterprobe.metrics._device import faiss_module, threads_for
 
     faiss = faiss_module()
-    before = (torch.get_num_threads(), faiss.omp_get_max_threads())
-    with threads_for(10):
-        assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
-    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    original = (torch.get_num_threads(), faiss.omp_get_max_threads())
+    # start from 2 threads: with 1 (e.g. OMP_NUM_THREADS=1) "restored" could not be told apart
+    torch.set_num_threads(2)
+    faiss.omp_set_num_threads(2)
+    try:
+        with threads_for(10):
+            assert torch.get_num_threads() == 1 and faiss.omp_get_max_threads() == 1
+        assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+        with threads_for(1e12):  # large work keeps every thread
+            assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(original[0])
+        faiss.omp_set_num_threads(original[1])
+
+
+def test_kmeans_leaves_the_global_random_state_alone(digits):
+    import torch
+
+    X, _ = digits
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    kmeans(X, 10, seeds=2)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 @pytest.mark.parametrize("first", ["faiss", "torch"])

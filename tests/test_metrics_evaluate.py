@@ -13,17 +13,19 @@ from sklearn.metrics import silhouette_samples as sk_samples
 from clusterprobe import FeatureBank
 from clusterprobe.errors import LayerError, NonFiniteFeaturesError
 from clusterprobe.metrics import (
+    MetricRow,
     MetricsError,
     MetricSettings,
     cluster_agreement,
+    default_cache_path,
     evaluate,
     evaluate_arrays,
     kmeans,
     knn_accuracy,
     linear_probe,
     rankme,
+    resolve_metrics,
 )
-from clusterprobe.metrics.evaluate import default_cache_path, resolve_metrics
 
 CHECKPOINT = {"path": "/runs/demo/checkpoints/epoch_0002.pt", "sha256": "ab" * 32, "epoch": 2,
               "method": "resa", "run": "demo", "branch": "momentum"}
@@ -102,7 +104,98 @@ def test_settings_are_recorded_and_validated(digits):
         evaluate_arrays(X, y, clusters=3)
     with pytest.raises(MetricsError, match="distance"):
         MetricSettings(distance="manhattan")
-    assert resolve_metrics("kmeans,knn") == ("nmi", "ari", "acc", "knn")
+    assert resolve_metrics("kmeans,knn") == ("nmi", "ari", "cluster_acc", "knn")
+
+
+def test_selection_names_are_the_metric_names(digits):
+    X, y = digits
+    assert resolve_metrics(None) == resolve_metrics("all") == (
+        "rankme", "nmi", "ari", "cluster_acc", "davies_bouldin", "calinski_harabasz", "silhouette_true",
+        "silhouette_kmeans", "linear", "knn")
+    assert resolve_metrics("silhouette") == ("silhouette_true", "silhouette_kmeans")
+    assert resolve_metrics(["knn", "Cluster-Acc", "nmi"]) == ("nmi", "cluster_acc", "knn")  # suite order
+    assert MetricSettings(metrics="ari,nmi") == MetricSettings(metrics=["nmi", "ari"])
+    # a metric name selects that metric alone (its rows: value and spread)
+    table = evaluate_arrays(X[:400], y[:400], metrics="silhouette_true,davies_bouldin", k=10, seeds=1)
+    assert list(table.metric) == ["davies_bouldin", "silhouette_true", "silhouette_true_spread"]
+    for former, name in (("acc", "cluster_acc"), ("db", "davies_bouldin"), ("ch", "calinski_harabasz"),
+                         ("probe", "linear"), ("linear_probe", "linear")):
+        with pytest.raises(MetricsError, match=f"Unknown metric '{former}'.*Did you mean '{name}'"):
+            resolve_metrics(former)
+    with pytest.raises(MetricsError, match="No metrics"):
+        resolve_metrics(" , ")
+
+
+def test_rows_are_metric_row_records_and_the_cache_columns_are_their_fields(digits, monkeypatch):
+    import dataclasses
+
+    from clusterprobe.metrics import cache, engine
+
+    assert cache.COLUMNS == [f.name for f in dataclasses.fields(MetricRow)]
+    X, y = digits
+    seen = []
+    original = engine._compute_split_units
+
+    def spy(*args):
+        rows = original(*args)
+        seen.extend(rows)
+        return rows
+
+    monkeypatch.setattr(engine, "_compute_split_units", spy)
+    table = evaluate_arrays(X[:300], y[:300], metrics="nmi,rankme", seeds=1)
+    assert seen and all(isinstance(row, MetricRow) for row in seen)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen[0].value = 0.0
+    assert list(table.columns) == cache.COLUMNS
+    kinds = {c: str(t) for c, t in table.dtypes.items()}
+    assert {c: kinds[c] for c in ("epoch", "n", "k", "value", "std", "normalize")} == {
+        "epoch": "Int64", "n": "Int64", "k": "Int64", "value": "float64", "std": "float64", "normalize": "boolean"}
+    assert all(pd.api.types.is_string_dtype(table[c]) for c in cache.COLUMNS if c not in
+               ("epoch", "n", "k", "value", "std", "normalize"))
+    nmi_row = seen[[r.metric for r in seen].index("nmi")]
+    assert table[table.metric == "nmi"].value.iloc[0] == nmi_row.value
+
+
+def test_progress_and_cache_arguments(digits, tmp_path, capsys):
+    X, y = digits
+    Xs, ys = X[:300], y[:300]
+    messages = []
+    evaluate_arrays(Xs, ys, metrics="rankme,knn", progress=messages.append)
+    assert messages == ["layer features, train: rankme", "layer features, knn probe (train hold-out)"]
+    capsys.readouterr()
+    evaluate_arrays(Xs, ys, metrics="rankme", progress=True)
+    assert capsys.readouterr().err == "layer features, train: rankme\n"
+    evaluate_arrays(Xs, ys, metrics="rankme", progress=False)
+    evaluate_arrays(Xs, ys, metrics="rankme")  # silent by default
+    assert capsys.readouterr().err == ""
+    with pytest.raises(MetricsError, match="progress must be True"):
+        evaluate_arrays(Xs, ys, metrics="rankme", progress="yes")
+    # cache: a path, False/None (none), True (arrays have no default file: a clear error)
+    with pytest.raises(MetricsError, match="no default cache file.*path of a CSV file"):
+        evaluate_arrays(Xs, ys, metrics="rankme", cache=True)
+    path = tmp_path / "arrays.metrics.csv"
+    first = evaluate_arrays(Xs, ys, metrics="rankme", cache=path)
+    assert first.attrs["cache"] == str(path) and len(pd.read_csv(path)) == 1
+    messages.clear()
+    again = evaluate_arrays(Xs, ys, metrics="rankme", cache=str(path), progress=messages.append)
+    assert messages == [] and again.value.iloc[0] == first.value.iloc[0] == pytest.approx(rankme(Xs))
+    for off in (False, None):
+        assert evaluate_arrays(Xs, ys, metrics="rankme", cache=off).attrs["cache"] is None
+    with pytest.raises(MetricsError, match="cache must be True"):
+        evaluate_arrays(Xs, ys, metrics="rankme", cache=3)
+    with pytest.raises(MetricsError, match="settings must be a MetricSettings"):
+        evaluate_arrays(Xs, ys, settings={"k": 3})
+
+
+def test_no_global_random_state_is_used_or_changed(digits):
+    import torch
+
+    X, y = digits
+    torch.manual_seed(1234)
+    torch.rand(3)
+    before = torch.get_rng_state()
+    evaluate_arrays(X[:600], y[:600], X[600:900], y[600:900], metrics="all", probe="reference", probe_epochs=3)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_without_labels_label_free_metrics_still_run(digits):
@@ -160,11 +253,13 @@ def test_single_bank_uses_a_holdout_unless_given_its_train_bank(run_dir):
 
 
 def test_asking_again_computes_only_what_is_missing(run_dir, monkeypatch):
-    from clusterprobe.metrics import clustering, probes
+    from clusterprobe.metrics import clustering, probes, spectra
 
     first = evaluate(run_dir)
     calls = []
-    for module, name in ((clustering, "kmeans"), (probes, "linear_probe"), (probes, "knn_accuracy")):
+    # the functions the engine computes with (on data it has validated)
+    for module, name in ((clustering, "_kmeans"), (probes, "_linear_probe"), (probes, "_knn_accuracy"),
+                         (spectra, "_rankme")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     again = evaluate(run_dir)
@@ -172,7 +267,7 @@ def test_asking_again_computes_only_what_is_missing(run_dir, monkeypatch):
     pd.testing.assert_frame_equal(first, again)
     # new settings for k-means only: k-means metrics recomputed, probes and RankMe from the cache
     changed = evaluate(run_dir, k=12)
-    assert sorted(set(calls)) == ["kmeans"] and calls.count("kmeans") == 4  # 2 layers x 2 splits
+    assert sorted(set(calls)) == ["_kmeans"] and calls.count("_kmeans") == 4  # 2 layers x 2 splits
     assert set(changed[changed.metric == "nmi"].k) == {12}
     assert value(changed, "rankme") == value(first, "rankme")
     assert value(changed, "nmi") != value(first, "nmi")
@@ -182,6 +277,11 @@ def test_asking_again_computes_only_what_is_missing(run_dir, monkeypatch):
     calls.clear()
     pd.testing.assert_frame_equal(evaluate(run_dir), first)
     assert calls == []
+    # recompute=True computes everything again (the spies see each unit's work), to equal values
+    recomputed = evaluate(run_dir, recompute=True)
+    assert sorted(set(calls)) == ["_kmeans", "_knn_accuracy", "_linear_probe", "_rankme"]
+    assert calls.count("_linear_probe") == calls.count("_knn_accuracy") == 2  # a probe per layer
+    pd.testing.assert_frame_equal(recomputed.drop(columns="std"), first.drop(columns="std"), check_exact=False)
 
 
 def test_changed_features_are_never_answered_from_the_cache(run_dir, digits):

@@ -109,7 +109,12 @@ def test_unseen_test_classes_count_as_errors(split):
     Xtr, ytr, Xte, yte = split
     keep = ytr != 9
     result = linear_probe(Xtr[keep], ytr[keep], Xte, yte)
+    # scikit-learn never predicts a class it has not seen either: the same accuracy, 9s all wrong
+    sk = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, tol=1e-8)).fit(Xtr[keep], ytr[keep])
+    assert abs(result.top1 - sk.score(Xte, yte)) <= 0.005
     assert result.top1 <= 1 - np.mean(yte == 9) + 1e-12
+    knn = knn_accuracy(Xtr[keep], ytr[keep], Xte, yte, protocol="majority-euclidean")
+    assert knn.top1 == pytest.approx(KNeighborsClassifier(5).fit(Xtr[keep], ytr[keep]).score(Xte, yte), abs=1e-12)
 
 
 # -- kNN --------------------------------------------------------------------------------------------
@@ -162,13 +167,91 @@ def test_probes_refuse_bad_input(split):
         linear_probe(Xtr[:2], ytr[:2])
 
 
-def test_device_choice(split):
+def test_options_are_keyword_only(split):
+    Xtr, ytr, Xte, yte = split
+    with pytest.raises(TypeError):
+        linear_probe(Xtr, ytr, Xte, yte, "reference")
+    with pytest.raises(TypeError):
+        knn_accuracy(Xtr, ytr, Xte, yte, "majority-euclidean")
+
+
+def test_probes_leave_the_global_random_state_alone(split):
     import torch
 
     Xtr, ytr, Xte, yte = split
-    assert linear_probe(Xtr, ytr, Xte, yte, device="cpu").top1 == linear_probe(Xtr, ytr, Xte, yte).top1
+    torch.manual_seed(1234)
+    torch.rand(5)
+    before = torch.get_rng_state()
+    first = linear_probe(Xtr, ytr, Xte, yte, protocol="reference", epochs=5)
+    linear_probe(Xtr, ytr, Xte, yte)
+    linear_probe(Xtr, ytr)  # hold-out
+    knn_accuracy(Xtr, ytr, Xte, yte)
+    assert torch.equal(torch.get_rng_state(), before)
+    # and the results do not depend on it: the seed alone decides
+    torch.manual_seed(7)
+    again = linear_probe(Xtr, ytr, Xte, yte, protocol="reference", epochs=5)
+    assert (again.top1, again.top5) == (first.top1, first.top5)
+
+
+def test_the_device_argument_decides_where_the_probe_runs(split, monkeypatch):
+    """Without a GPU 'auto' and 'cpu' are the same device, so a comparison of their results shows
+    nothing: make 'auto' resolve to another device (meta) and watch where the tensors go."""
+    import torch
+
+    from clusterprobe import devices
+    from clusterprobe.metrics import _device, probes
+
+    Xtr, ytr, Xte, yte = split
+    asked, placed = [], []
+
+    def resolve(device="auto"):
+        asked.append(device)
+        return torch.device("meta") if device == "auto" else devices.resolve_device(device)
+
+    class Stop(Exception):
+        pass
+
+    def fit(X, *args):
+        placed.append(X.device.type)
+        raise Stop
+
+    monkeypatch.setattr(probes, "resolve_device", resolve)
+    monkeypatch.setattr(_device, "resolve_device", resolve)
+    monkeypatch.setattr(probes, "_fit_lbfgs", fit)
+    for device in ("auto", "cpu"):
+        with pytest.raises(Stop):
+            linear_probe(Xtr, ytr, Xte, yte, device=device)
+    assert asked == ["auto", "cpu"] and placed == ["meta", "cpu"]
+    # kNN hands the device to FAISS's GPU choice (meta is no GPU: FAISS stays on the CPU)
+    asked.clear()
+    ours = knn_accuracy(Xtr, ytr, Xte, yte, device="cpu")
+    assert "cpu" in asked and "auto" not in asked
+    sk = KNeighborsClassifier(20, metric="cosine", weights=lambda d: np.exp((1 - d) / 0.07)).fit(Xtr, ytr)
+    assert ours.top1 == pytest.approx(sk.score(Xte, yte), abs=1e-12)
+
+
+def test_device_names_are_checked(split):
+    import torch
+
+    Xtr, ytr, _, _ = split
     with pytest.raises(DeviceError, match="Unknown device"):
         linear_probe(Xtr, ytr, device="tpu")
+    with pytest.raises(DeviceError, match="Unknown device"):
+        knn_accuracy(Xtr, ytr, device="tpu")
     if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="no CUDA GPU"):
-            knn_accuracy(Xtr, ytr, device="cuda")
+        for probe in (linear_probe, knn_accuracy):
+            with pytest.raises(DeviceError, match="no CUDA GPU"):
+                probe(Xtr, ytr, device="cuda")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_results_equal_cpu_results(split):
+    Xtr, ytr, Xte, yte = split
+    for protocol in ("lbfgs", "reference"):
+        cpu = linear_probe(Xtr, ytr, Xte, yte, protocol=protocol, device="cpu")
+        gpu = linear_probe(Xtr, ytr, Xte, yte, protocol=protocol, device="cuda")
+        assert abs(gpu.top1 - cpu.top1) <= 0.005 and abs(gpu.top5 - cpu.top5) <= 0.005, protocol
+    for protocol in ("weighted-cosine", "majority-euclidean"):
+        cpu = knn_accuracy(Xtr, ytr, Xte, yte, protocol=protocol, device="cpu")
+        gpu = knn_accuracy(Xtr, ytr, Xte, yte, protocol=protocol, device="cuda")
+        assert abs(gpu.top1 - cpu.top1) <= 0.005, protocol

@@ -103,12 +103,25 @@ def test_sampling_is_optional_and_reported(digits):
     assert sampled.mean == pytest.approx(exact.mean, abs=0.05)
     assert silhouette_stats(X, y, sample_size=600, random_state=3) == sampled  # reproducible
     assert silhouette_stats(X, y, sample_size=10**6) == exact  # larger than n: exact
+    # the subset: sample_size rows drawn without replacement with numpy's generator, distances
+    # within the subset; scikit-learn on those rows gives the same numbers
+    idx = np.sort(np.random.default_rng(3).choice(len(X), size=600, replace=False))
+    reference = sk_samples(X[idx].astype(np.float64), y[idx], metric="cosine")
+    assert (sampled.mean, sampled.std) == pytest.approx((reference.mean(), reference.std()), abs=TOL)
     with pytest.raises(MetricsError, match="sample_size"):
         silhouette_stats(X, y, sample_size=1)
 
 
 def test_bad_input_is_refused(digits):
     X, y = digits
+    with pytest.raises(TypeError):
+        silhouette_samples(X, y, "euclidean")  # options are keyword-only
+    with pytest.raises(TypeError):
+        silhouette_score(X, y, "euclidean")
+    with pytest.raises(MetricsError, match="at least one labelling"):
+        silhouette_samples_multi(X, [])
+    with pytest.raises(MetricsError, match="entries but there are"):
+        silhouette_stats_multi(X, [y, y[:-1]], sample_size=100)
     with pytest.raises(MetricsError, match="between 2 and n - 1"):
         silhouette_samples(X, np.zeros(len(X), dtype=int))
     with pytest.raises(MetricsError, match="own cluster"):

@@ -1,4 +1,4 @@
-"""The tidy metrics table on disk: columns, dtypes, and the incremental cache file (CSV).
+"""The incremental metrics cache: its keys and its CSV file.
 
 Each row carries ``unit`` (the piece of work that produced it), ``settings_hash`` (a hash of
 exactly the settings that unit depends on, plus the engine version) and ``data_id`` (identity
@@ -9,70 +9,82 @@ were recomputed and drops rows computed on data that has since changed.
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write
+from ..io import atomic_write, fingerprint
+from .registry import PAIR_UNITS, Unit
+from .table import COLUMNS, STR_COLUMNS, MetricRow, from_frame, missing, to_frame
 
-COLUMNS = [
-    "run", "method", "epoch", "layer", "split", "metric", "value", "std", "n",
-    "k", "normalize", "distance", "seeds", "protocol", "evaluation",
-    "unit", "settings", "settings_hash", "data_id", "note",
-]
-STR_COLUMNS = ["run", "method", "layer", "split", "metric", "distance", "seeds", "protocol",
-               "evaluation", "unit", "settings", "settings_hash", "data_id", "note"]
+__all__ = ["COLUMNS", "ENGINE_VERSION", "MetricsCache", "pair_data_id", "settings_hash", "unit_settings"]
 
-
-def _missing(value) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+#: Part of every settings hash: bump it when a change of code changes values.
+ENGINE_VERSION = "1"
 
 
-def coerce(frame: pd.DataFrame) -> pd.DataFrame:
-    """Put columns in order with stable dtypes (fresh rows and rows read back from CSV alike)."""
-    frame = frame.reindex(columns=COLUMNS)
-    for col in STR_COLUMNS:
-        frame[col] = frame[col].astype(object).where(frame[col].notna(), "").astype(str)
-    for col in ("epoch", "n", "k"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype("Int64")
-    for col in ("value", "std"):
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(float)
-    frame["normalize"] = frame["normalize"].map(
-        lambda v: pd.NA if _missing(v) else (str(v).lower() == "true" if isinstance(v, str) else bool(v))
-    ).astype("boolean")
-    return frame
+# -- keys -------------------------------------------------------------------------------------
+def unit_settings(unit: Unit, resolved: dict, holdout: bool) -> dict:
+    """The settings ``unit`` depends on: what its cache key hashes and its rows record.
+
+    ``resolved`` is :meth:`MetricSettings.resolved`; ``holdout`` says a probe scores on a
+    hold-out of its train split (whose fraction and seed then matter too).
+    """
+    keys = list(unit.keys)
+    if unit.pair and holdout:
+        keys += ["holdout", "holdout_seed"]
+    chosen = {key: resolved[key] for key in keys}
+    if unit.name == "linear" and resolved["probe"] == "lbfgs":
+        chosen.pop("probe_epochs")  # only the reference protocol has epochs
+    if unit.name == "knn" and resolved["knn"] != "weighted-cosine":
+        chosen.pop("knn_temperature")
+    return chosen
 
 
-def _row_key(row) -> tuple:
+def settings_hash(unit: Unit, chosen: dict) -> str:
+    """Cache key of a unit's settings; the engine version invalidates results of older code."""
+    return fingerprint({"engine": ENGINE_VERSION, "unit": unit.name, "settings": chosen})
+
+
+def pair_data_id(fit_id: str, score_id: str | None) -> str:
+    """Identity of the data a probe saw: its train split's (hold-out, ``score_id`` None) or the
+    pair's; empty (never cached) when either is unknown."""
+    ids = [fit_id] + ([] if score_id is None else [score_id])
+    if not all(ids):
+        return ""
+    return ids[0] if score_id is None else fingerprint(ids)
+
+
+def _row_key(row: MetricRow) -> tuple:
     """Which result a row is: the same key with another settings hash is another result."""
-    epoch = "" if _missing(row["epoch"]) else int(row["epoch"])
-    return (row["run"], row["method"], epoch, row["layer"], row["split"], row["unit"], row["settings_hash"])
+    epoch = "" if missing(row.epoch) else int(row.epoch)
+    return (row.run, row.method, epoch, row.layer, row.split, row.unit, row.settings_hash)
 
 
+def _data_key(row: MetricRow) -> tuple:
+    """Rows sharing this key were computed on the same data (one split, or one train/test pair)."""
+    kind = "pair" if row.unit in PAIR_UNITS else "split"
+    return _row_key(row)[:5] + (kind,)
+
+
+def _lookup_key(row: MetricRow) -> tuple:
+    return (row.data_id, row.layer, row.split, row.unit, row.settings_hash)
+
+
+# -- the file ---------------------------------------------------------------------------------
 class MetricsCache:
     """Rows already computed, read from and written to one CSV file (or kept in memory only)."""
 
-    def __init__(self, path: str | os.PathLike | None, pair_units: frozenset[str] = frozenset()):
+    def __init__(self, path: str | os.PathLike | None):
         self.path = Path(path) if path is not None else None
-        self.pair_units = pair_units
-        self._index: dict[tuple, list[dict]] = {}
+        self._index: dict[tuple, list[MetricRow]] = {}
         for row in self._read():
-            self._index.setdefault(self._lookup_key(row), []).append(row)
-        self.new: list[dict] = []
+            self._index.setdefault(_lookup_key(row), []).append(row)
+        self.new: list[MetricRow] = []
 
-    def _data_key(self, row) -> tuple:
-        """Rows sharing this key were computed on the same data (one split, or one train/test pair)."""
-        kind = "pair" if row["unit"] in self.pair_units else "split"
-        return _row_key(row)[:5] + (kind,)
-
-    @staticmethod
-    def _lookup_key(row) -> tuple:
-        return (row["data_id"], row["layer"], row["split"], row["unit"], row["settings_hash"])
-
-    def _read(self) -> list[dict]:
+    def _read(self) -> list[MetricRow]:
         if self.path is None or not self.path.exists():
             return []
         try:
@@ -83,18 +95,18 @@ class MetricsCache:
         if not set(COLUMNS) <= set(frame.columns):
             warnings.warn(f"Ignoring {self.path}: it is not a clusterprobe metrics table (columns differ).")
             return []
-        return coerce(frame).to_dict("records")
+        return from_frame(frame)
 
-    def lookup(self, data_id: str, layer: str, split: str, unit: str, settings_hash: str) -> list[dict] | None:
+    def lookup(self, data_id: str, layer: str, split: str, unit: str, settings_hash: str) -> list[MetricRow] | None:
         """Cached rows for this exact data and settings, or None."""
         if not data_id:
             return None
         return self._index.get((data_id, layer, split, unit, settings_hash))
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[MetricRow]) -> None:
         self.new.extend(rows)
         for row in rows:
-            self._index.setdefault(self._lookup_key(row), []).append(row)
+            self._index.setdefault(_lookup_key(row), []).append(row)
 
     def save(self) -> None:
         """Merge new rows into the file (re-read first), dropping rows they supersede."""
@@ -102,14 +114,13 @@ class MetricsCache:
             return
         existing = self._read()
         replaced = {_row_key(r) for r in self.new}
-        current = {self._data_key(r): r["data_id"] for r in self.new}
+        current = {_data_key(r): r.data_id for r in self.new}
         kept = [
             r for r in existing
             if _row_key(r) not in replaced  # recomputed now
-            and current.get(self._data_key(r), r["data_id"]) == r["data_id"]  # data changed since
+            and current.get(_data_key(r), r.data_id) == r.data_id  # data changed since
         ]
-        frame = coerce(pd.DataFrame(kept + self.new, columns=COLUMNS))
-        text = frame.to_csv(index=False)
+        text = to_frame(kept + self.new).to_csv(index=False)
         try:
             atomic_write(self.path, lambda f: f.write(text), mode="w")
         except OSError as exc:

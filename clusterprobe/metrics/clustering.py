@@ -67,8 +67,7 @@ class KMeansResult:
 
 
 def _init_method(faiss, init: str):
-    if init not in INITS:
-        raise MetricsError(f"Unknown k-means init {init!r}: use one of {', '.join(INITS)}.")
+    """FAISS's constant for ``init`` (one of :data:`INITS`)."""
     if init == "k-means++":
         method = getattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS", None)
         if method is None:
@@ -125,6 +124,7 @@ def _kmeans_once(faiss, data: np.ndarray, k: int, seed: int, niter: int, tol: fl
 def kmeans(
     X,
     k: int,
+    *,
     seeds=3,
     normalize: bool = True,
     niter: int = 100,
@@ -134,21 +134,37 @@ def kmeans(
 ) -> KMeansResult:
     """Run FAISS k-means on all n points of ``X`` (n, d) once per seed.
 
-    ``seeds`` is a count (``3`` means seeds 0, 1, 2) or a list of seeds. With ``normalize``
-    (default) rows are L2-normalised and centroids kept on the unit sphere (spherical k-means,
-    i.e. cosine similarity); otherwise plain Euclidean k-means on the raw features. Runs on the
-    GPU when FAISS was built with GPU support and one exists (``device='auto'``). Stops after
-    ``niter`` Lloyd iterations, or earlier once an iteration improves the objective by less than
-    ``tol`` (relative). ``init`` is 'k-means++' (default) or 'random'.
+    ``k`` clusters, 2 <= k <= n. ``seeds`` is a count (``3`` means seeds 0, 1, 2) or a list of
+    seeds. With ``normalize`` (default) rows are L2-normalised and centroids kept on the unit
+    sphere (spherical k-means, i.e. cosine similarity); otherwise plain Euclidean k-means on
+    the raw features. Runs on the GPU when FAISS was built with GPU support and one exists
+    (``device='auto'``). Stops after ``niter`` Lloyd iterations, or earlier once an iteration
+    improves the objective by less than ``tol`` (relative). ``init`` is 'k-means++' (default)
+    or 'random'.
+
+    Returns a :class:`KMeansResult`: ``labels`` (n_seeds, n), ``centroids`` (n_seeds, k, d),
+    ``objective`` (n_seeds,).
+
+    Raises:
+        MetricsError: bad shapes, k out of range, bad seeds, niter, tol or init.
+        NonFiniteFeaturesError: NaN or infinite features.
     """
     X = as_features(X, "k-means features")
-    n, d = X.shape
-    k = check_k(k, n)
+    k = check_k(k, X.shape[0])
     seeds = seed_list(seeds)
     if isinstance(niter, bool) or not isinstance(niter, (int, np.integer)) or niter < 1:
         raise MetricsError(f"niter must be a positive integer number of iterations; got {niter!r}.")
     if not tol >= 0:
         raise MetricsError(f"tol must be a non-negative number; got {tol!r}.")
+    if init not in INITS:
+        raise MetricsError(f"Unknown k-means init {init!r}: use one of {', '.join(INITS)}.")
+    return _kmeans(X, k, seeds, bool(normalize), int(niter), float(tol), init, device)
+
+
+def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float,
+            init: str, device: str) -> KMeansResult:
+    """:func:`kmeans` on validated input: ``X`` float32 (n, d), 2 <= k <= n, seeds a tuple."""
+    n, d = X.shape
     faiss = faiss_module()
     method = _init_method(faiss, init)
     gpu = faiss_use_gpu(device)
@@ -176,13 +192,13 @@ def kmeans(
         objective=objective,
         seeds=seeds,
         k=k,
-        normalize=bool(normalize),
-        niter=int(niter),
-        tol=float(tol),
+        normalize=normalize,
+        niter=niter,
+        tol=tol,
         init=init,
         gpu=gpu,
-        settings={"k": k, "normalize": bool(normalize), "seeds": list(seeds), "niter": int(niter),
-                  "tol": float(tol), "init": init},
+        settings={"k": k, "normalize": normalize, "seeds": list(seeds), "niter": niter,
+                  "tol": tol, "init": init},
     )
 
 
@@ -195,43 +211,64 @@ def _pair(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nmi(labels_true, labels_pred) -> float:
-    """Normalised mutual information (arithmetic mean normalisation, as scikit-learn)."""
-    y, c = _pair(labels_true, labels_pred)
-    return float(normalized_mutual_info_score(y, c))
+    """Normalised mutual information of ``labels_pred`` (n,) with ``labels_true`` (n,).
+
+    Arithmetic mean normalisation, as scikit-learn's ``normalized_mutual_info_score``.
+    """
+    return _nmi(*_pair(labels_true, labels_pred))
 
 
 def ari(labels_true, labels_pred) -> float:
-    """Adjusted Rand index (scikit-learn's)."""
-    y, c = _pair(labels_true, labels_pred)
-    return float(adjusted_rand_score(y, c))
+    """Adjusted Rand index of ``labels_pred`` (n,) with ``labels_true`` (n,), scikit-learn's."""
+    return _ari(*_pair(labels_true, labels_pred))
 
 
-def clustering_accuracy(labels_true, labels_pred) -> float:
-    """Accuracy of the best one-to-one matching of clusters to classes (Hungarian algorithm).
+def cluster_acc(labels_true, labels_pred) -> float:
+    """Accuracy of the best one-to-one matching of clusters ``labels_pred`` (n,) to classes
+    ``labels_true`` (n,) (Hungarian algorithm).
 
     With more clusters than classes (or fewer) the unmatched clusters count as errors. Returns a
     fraction in [0, 1].
     """
-    y, c = _pair(labels_true, labels_pred)
+    return _cluster_acc(*_pair(labels_true, labels_pred))
+
+
+def _nmi(y: np.ndarray, c: np.ndarray) -> float:
+    return float(normalized_mutual_info_score(y, c))
+
+
+def _ari(y: np.ndarray, c: np.ndarray) -> float:
+    return float(adjusted_rand_score(y, c))
+
+
+def _cluster_acc(y: np.ndarray, c: np.ndarray) -> float:
     table = contingency_matrix(y, c)  # (classes, clusters)
     rows, cols = linear_sum_assignment(table, maximize=True)
     return float(table[rows, cols].sum() / y.shape[0])
 
 
-AGREEMENT = {"nmi": nmi, "ari": ari, "cluster_acc": clustering_accuracy}
+# on validated int64 label arrays of equal length
+AGREEMENT = {"nmi": _nmi, "ari": _ari, "cluster_acc": _cluster_acc}
 
 
-def cluster_agreement(labels_true, result: KMeansResult, metrics=tuple(AGREEMENT)) -> dict[str, tuple[float, float]]:
+def cluster_agreement(labels_true, result: KMeansResult, *, metrics=tuple(AGREEMENT)) -> dict[str, tuple[float, float]]:
     """Mean and standard deviation over seeds of NMI, ARI and clustering accuracy.
 
-    Returns ``{name: (mean, std)}`` for each name in ``metrics`` (``nmi``, ``ari``,
-    ``cluster_acc``); std is the population std over seeds (0 for one seed).
+    ``labels_true`` (n,) against each seed's ``result.labels`` (n_seeds, n). Returns
+    ``{name: (mean, std)}`` for each name in ``metrics`` (``nmi``, ``ari``, ``cluster_acc``);
+    std is the population std over seeds (0 for one seed).
     """
     y = as_labels(labels_true, n=result.labels.shape[1], name="labels_true")
+    unknown = [name for name in metrics if name not in AGREEMENT]
+    if unknown:
+        raise MetricsError(f"Unknown agreement metric {unknown[0]!r}: use {', '.join(AGREEMENT)}.")
+    return _agreement(y, result, metrics)
+
+
+def _agreement(y: np.ndarray, result: KMeansResult, metrics) -> dict[str, tuple[float, float]]:
+    """:func:`cluster_agreement` on validated labels ``y`` (n,) int64."""
     out = {}
     for name in metrics:
-        if name not in AGREEMENT:
-            raise MetricsError(f"Unknown agreement metric {name!r}: use {', '.join(AGREEMENT)}.")
         values = np.array([AGREEMENT[name](y, labels) for labels in result.labels])
         out[name] = (float(values.mean()), float(values.std()))
     return out
@@ -263,22 +300,29 @@ def _label_free_one(name: str, X: np.ndarray, labels: np.ndarray) -> float:
 LABEL_FREE = ("davies_bouldin", "calinski_harabasz")
 
 
-def cluster_validity(X, result: KMeansResult, metrics=LABEL_FREE) -> dict[str, tuple[float, float]]:
+def cluster_validity(X, result: KMeansResult, *, metrics=LABEL_FREE) -> dict[str, tuple[float, float]]:
     """Davies-Bouldin (lower is better) and Calinski-Harabasz (higher is better) of k-means labels.
 
-    Label-free: computed on the features k-means saw (L2-normalised when ``result.normalize``)
-    for each seed's clustering, via scikit-learn. Returns ``{name: (mean, std)}`` over seeds.
+    Label-free: computed on the features ``X`` (n, d) k-means saw (L2-normalised when
+    ``result.normalize``) for each seed's clustering, via scikit-learn. Returns
+    ``{name: (mean, std)}`` over seeds.
     """
     X = as_features(X, "features")
     if X.shape[0] != result.labels.shape[1]:
         raise MetricsError(
             f"The k-means result has {result.labels.shape[1]} labels but the features have {X.shape[0]} rows."
         )
+    unknown = [name for name in metrics if name not in LABEL_FREE]
+    if unknown:
+        raise MetricsError(f"Unknown cluster validity index {unknown[0]!r}: use {', '.join(LABEL_FREE)}.")
+    return _validity(X, result, metrics)
+
+
+def _validity(X: np.ndarray, result: KMeansResult, metrics) -> dict[str, tuple[float, float]]:
+    """:func:`cluster_validity` on validated features ``X`` (n, d) float32."""
     data = l2_normalize(X) if result.normalize else X
     out = {}
     for name in metrics:
-        if name not in LABEL_FREE:
-            raise MetricsError(f"Unknown cluster validity index {name!r}: use {', '.join(LABEL_FREE)}.")
         values = np.array([_label_free_one(name, data, labels) for labels in result.labels])
         values = values[np.isfinite(values)]
         out[name] = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)

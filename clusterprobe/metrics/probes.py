@@ -70,16 +70,15 @@ class Split:
     evaluation: str
 
 
-def holdout_split(X, y, fraction: float = 0.2, seed: int = 0) -> Split:
-    """Stratified hold-out: ``fraction`` of each class for testing, drawn with ``seed``.
+def _holdout_split(X: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> Split:
+    """Stratified hold-out of validated ``X`` (n, d), ``y`` (n,): ``fraction`` (0 < f < 1) of
+    each class for testing, drawn with ``seed``.
 
     Falls back to an unstratified split (stated in ``evaluation``) when a class has a single
     sample.
     """
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < float(fraction) < 1.0:
-        raise MetricsError(f"holdout fraction must be between 0 and 1; got {fraction!r}.")
     n = len(y)
     n_test = int(math.ceil(fraction * n))
     classes, counts = np.unique(y, return_counts=True)
@@ -97,22 +96,35 @@ def holdout_split(X, y, fraction: float = 0.2, seed: int = 0) -> Split:
     return Split(X[idx_train], y[idx_train], X[idx_test], y[idx_test], evaluation)
 
 
-def make_split(X_train, y_train, X_test=None, y_test=None, holdout: float = 0.2, seed: int = 0, what: str = "probe") -> Split:
+def make_split(X_train, y_train, X_test=None, y_test=None, *, holdout: float = 0.2, seed: int = 0,
+               what: str = "probe") -> Split:
     """Validate probe inputs and return the train/test split to use.
 
     ``X_train`` (n, d) with ``y_train`` (n,); ``X_test`` (m, d) with ``y_test`` (m,), or both
-    None for a stratified hold-out of the train set.
+    None for a stratified hold-out (``holdout`` of each class, drawn with ``seed``) of the train
+    set. ``what`` names the probe in error messages.
     """
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(holdout) < 1.0:
+        raise MetricsError(f"holdout fraction must be between 0 and 1; got {holdout!r}.")
     X_train = as_features(X_train, f"{what} train features")
     y_train = as_labels(y_train, n=X_train.shape[0], name=f"{what} train labels")
     check_two_classes(y_train, f"{what} train labels")
     if (X_test is None) != (y_test is None):
         raise MetricsError(f"{what}: pass both X_test and y_test, or neither (for a hold-out split).")
     if X_test is None:
-        return holdout_split(X_train, y_train, holdout, seed)
+        return _holdout_split(X_train, y_train, holdout, seed)
     X_test = as_features(X_test, f"{what} test features")
     y_test = as_labels(y_test, n=X_test.shape[0], name=f"{what} test labels")
     check_same_dim(X_train, X_test, what)
+    return Split(X_train, y_train, X_test, y_test, "train->test")
+
+
+def _split(X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray | None, y_test: np.ndarray | None,
+           holdout: float, seed: int) -> Split:
+    """:func:`make_split` on validated arrays (test arrays both given or both None)."""
+    if X_test is None:
+        return _holdout_split(X_train, y_train, holdout, seed)
     return Split(X_train, y_train, X_test, y_test, "train->test")
 
 
@@ -215,8 +227,9 @@ def _fit_reference(
     lr_final (last epoch), shuffled mini-batches; seeded."""
     n, d = X.shape
     generator = torch.Generator().manual_seed(seed)
-    layer = torch.nn.Linear(d, C_classes).to(X.device)
-    with torch.no_grad():  # seeded initialisation (PyTorch's default scheme)
+    # skip_init: the layer's own initialisation would draw from torch's global RNG
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, d, C_classes).to(X.device)
+    with torch.no_grad():  # seeded initialisation (PyTorch's default scheme), local generator
         bound = 1.0 / math.sqrt(d)
         layer.weight.copy_(torch.empty(C_classes, d).uniform_(-bound, bound, generator=generator))
         layer.bias.copy_(torch.empty(C_classes).uniform_(-bound, bound, generator=generator))
@@ -242,6 +255,7 @@ def linear_probe(
     y_train,
     X_test=None,
     y_test=None,
+    *,
     protocol: str = "lbfgs",
     C: float = 1.0,
     max_iter: int = 1000,
@@ -256,26 +270,42 @@ def linear_probe(
     seed: int = 0,
     device: str = "auto",
 ) -> ProbeResult:
-    """Train a linear classifier on ``X_train`` (n, d) and report top-1/top-5 on ``X_test`` (m, d).
+    """Train a linear classifier on ``X_train`` (n, d), ``y_train`` (n,) and report top-1/top-5
+    accuracy on ``X_test`` (m, d), ``y_test`` (m,).
 
     ``protocol='lbfgs'`` solves scikit-learn's ``LogisticRegression(C=C)`` problem on
     standardised features (``max_iter``; ``tol`` = largest gradient entry at which to stop,
-    scikit-learn's default 1e-4); ``'reference'``
-    runs the Adam protocol (``epochs``, ``batch_size``, ``lr`` -> ``lr_final``,
-    ``weight_decay``) on raw features. ``standardize`` overrides the protocol's choice. Without
-    test arrays, a stratified ``holdout`` of the train set is scored.
+    scikit-learn's default 1e-4); ``'reference'`` runs the Adam protocol (``epochs``,
+    ``batch_size``, ``lr`` -> ``lr_final``, ``weight_decay``; initialisation and shuffling drawn
+    with ``seed``) on raw features. ``standardize`` overrides the protocol's choice. Without
+    test arrays, a stratified ``holdout`` of the train set (drawn with ``seed``) is scored.
+    torch's global random state is neither used nor changed.
+
+    Raises:
+        MetricsError: bad shapes, fewer than two classes, an unknown protocol, C <= 0.
+        NonFiniteFeaturesError: NaN or infinite features.
+        DeviceError: an unknown device, or a GPU that is not there.
     """
     if protocol not in PROBE_PROTOCOLS:
         raise MetricsError(f"Unknown linear probe protocol {protocol!r}: use {' or '.join(PROBE_PROTOCOLS)}.")
     if not (isinstance(C, (int, float)) and C > 0):
         raise MetricsError(f"C (inverse L2 strength) must be a positive number; got {C!r}.")
-    split = make_split(X_train, y_train, X_test, y_test, holdout, seed, what="linear probe")
+    dev = resolve_device(device)
+    split = make_split(X_train, y_train, X_test, y_test, holdout=holdout, seed=seed, what="linear probe")
+    return _linear_probe(split, protocol, C=C, max_iter=max_iter, tol=tol, epochs=epochs, batch_size=batch_size,
+                         lr=lr, lr_final=lr_final, weight_decay=weight_decay, standardize=standardize, seed=seed,
+                         device=dev)
+
+
+def _linear_probe(split: Split, protocol: str, *, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
+                  epochs: int = 500, batch_size: int = 1000, lr: float = 1e-2, lr_final: float = 1e-6,
+                  weight_decay: float = 5e-6, standardize: bool | None = None, seed: int = 0,
+                  device: torch.device) -> ProbeResult:
+    """:func:`linear_probe` on a validated :class:`Split` and a resolved ``device``."""
     classes, ytr, yte = _encode_classes(split.y_train, split.y_test)
     standardize = (protocol == "lbfgs") if standardize is None else bool(standardize)
-    dev = resolve_device(device)
-    Xtr, Xte = _as_tensors(split, standardize, dev)
-    target = torch.from_numpy(ytr).to(dev)
-    torch.manual_seed(seed)
+    Xtr, Xte = _as_tensors(split, standardize, device)
+    target = torch.from_numpy(ytr).to(device)
     if protocol == "lbfgs":
         settings = {"protocol": protocol, "C": float(C), "max_iter": int(max_iter), "tol": float(tol)}
         work = Xtr.shape[0] * Xtr.shape[1] * classes.size
@@ -284,7 +314,7 @@ def linear_probe(
                     "lr_final": float(lr_final), "weight_decay": float(weight_decay), "seed": int(seed)}
         work = batch_size * Xtr.shape[1] * classes.size
     settings["standardize"] = standardize
-    with threads_for(work if dev.type == "cpu" else math.inf):
+    with threads_for(work if device.type == "cpu" else math.inf):
         if protocol == "lbfgs":
             W, b = _fit_lbfgs(Xtr, target, classes.size, float(C), int(max_iter), float(tol))
         else:
@@ -317,6 +347,7 @@ def knn_accuracy(
     y_train,
     X_test=None,
     y_test=None,
+    *,
     protocol: str = "weighted-cosine",
     k: int | None = None,
     temperature: float = 0.07,
@@ -324,12 +355,20 @@ def knn_accuracy(
     seed: int = 0,
     device: str = "auto",
 ) -> ProbeResult:
-    """k-nearest-neighbour classification accuracy of ``X_test`` (m, d) against ``X_train`` (n, d).
+    """k-nearest-neighbour classification accuracy of ``X_test`` (m, d), ``y_test`` (m,) against
+    ``X_train`` (n, d), ``y_train`` (n,).
 
     ``protocol='weighted-cosine'``: cosine neighbours voting with weight
     exp(similarity / ``temperature``), k = 20 by default. ``'majority-euclidean'``: Euclidean
-    neighbours on raw features, one vote each, k = 5 by default. Returns top-1 (and top-5 with
-    more than 5 classes) as fractions.
+    neighbours on raw features, one vote each, k = 5 by default. Without test arrays, a
+    stratified ``holdout`` of the train set (drawn with ``seed``) is scored. Returns top-1 (and
+    top-5 with more than 5 classes) as fractions.
+
+    Raises:
+        MetricsError: bad shapes, fewer than two classes, an unknown protocol, a bad k or
+            temperature, k larger than the number of training samples.
+        NonFiniteFeaturesError: NaN or infinite features.
+        DeviceError: an unknown device, or a GPU that is not there.
     """
     if protocol not in KNN_PROTOCOLS:
         raise MetricsError(f"Unknown kNN protocol {protocol!r}: use {' or '.join(KNN_PROTOCOLS)}.")
@@ -338,7 +377,13 @@ def knn_accuracy(
         raise MetricsError(f"kNN k must be a positive integer; got {k!r}.")
     if not temperature > 0:
         raise MetricsError(f"kNN temperature must be positive; got {temperature!r}.")
-    split = make_split(X_train, y_train, X_test, y_test, holdout, seed, what="kNN")
+    resolve_device(device)  # refuse an unknown device or a missing GPU before any work
+    split = make_split(X_train, y_train, X_test, y_test, holdout=holdout, seed=seed, what="kNN")
+    return _knn_accuracy(split, protocol, int(k), float(temperature), device)
+
+
+def _knn_accuracy(split: Split, protocol: str, k: int, temperature: float, device: str) -> ProbeResult:
+    """:func:`knn_accuracy` on a validated :class:`Split` with an explicit ``k`` >= 1."""
     if k > split.X_train.shape[0]:
         raise MetricsError(
             f"kNN k = {k} is larger than the {split.X_train.shape[0]} training samples; choose a smaller k."
@@ -346,16 +391,16 @@ def knn_accuracy(
     classes, ytr, yte = _encode_classes(split.y_train, split.y_test)
     with threads_for(split.X_train.shape[0] * split.X_test.shape[0] * split.X_train.shape[1]):
         if protocol == "weighted-cosine":
-            sims, idx = faiss_search(l2_normalize(split.X_train), l2_normalize(split.X_test), int(k), True, device)
+            sims, idx = faiss_search(l2_normalize(split.X_train), l2_normalize(split.X_test), k, True, device)
             weights = np.exp((sims.astype(np.float64) - 1.0) / temperature)  # exp(s/T) times a constant
         else:
-            _, idx = faiss_search(split.X_train, split.X_test, int(k), False, device)
+            _, idx = faiss_search(split.X_train, split.X_test, k, False, device)
             weights = np.ones(idx.shape, dtype=np.float64)
     m, C = idx.shape[0], classes.size
     flat = np.repeat(np.arange(m), k) * C + ytr[idx.ravel()]
     votes = np.bincount(flat, weights=weights.ravel(), minlength=m * C).reshape(m, C)
     top1, top5 = _accuracies(votes, yte)
-    settings = {"protocol": protocol, "k": int(k)}
+    settings = {"protocol": protocol, "k": k}
     if protocol == "weighted-cosine":
-        settings["temperature"] = float(temperature)
+        settings["temperature"] = temperature
     return ProbeResult(top1, top5, len(ytr), len(yte), int(C), protocol, split.evaluation, settings)

@@ -47,9 +47,8 @@ def _check_metric(metric: str) -> str:
     return metric
 
 
-def _encode(labels, n: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Labels -> (codes 0..k-1 of shape (n,), counts of shape (k,)), requiring 2 <= k <= n - 1."""
-    y = as_labels(labels, n=n, name=name)
+def _encode(y: np.ndarray, n: int, name: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """Labels (n,) -> (codes 0..k-1 of shape (n,), counts of shape (k,)), requiring 2 <= k <= n - 1."""
     _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
     k = counts.size
     if not 2 <= k <= n - 1:
@@ -195,20 +194,33 @@ def _from_sums(sums: np.ndarray, codes: np.ndarray, counts: np.ndarray, self_dis
 
 
 def silhouette_samples_multi(
-    X, label_sets: Sequence, metric: str = "cosine", device: str = "auto", block_size: int | None = None
+    X, label_sets: Sequence, *, metric: str = "cosine", device: str = "auto", block_size: int | None = None
 ) -> list[np.ndarray]:
     """Exact per-sample silhouettes of ``X`` (n, d) for several labellings at once.
 
     ``label_sets`` is a list of (n,) integer arrays (e.g. ground truth and k-means labels of
-    each seed). The distances are computed once and shared, which for the Euclidean metric
-    costs little more than one labelling. Returns one float64 array of shape (n,) per labelling.
+    each seed), each with between 2 and n - 1 distinct labels. The distances are computed once
+    and shared, which for the Euclidean metric costs little more than one labelling. Returns
+    one float64 array of shape (n,) per labelling. ``metric`` is 'cosine' (O(n k d)) or
+    'euclidean' (O(n^2 d), in blocks of ``block_size`` rows, on ``device``).
     """
     metric = _check_metric(metric)
     X = as_features(X, "silhouette features")
-    n = X.shape[0]
+    return _samples_multi(X, _check_label_sets(label_sets, X.shape[0]), metric, device, block_size)
+
+
+def _check_label_sets(label_sets: Sequence, n: int) -> list[np.ndarray]:
     if not label_sets:
         raise MetricsError("label_sets is empty: pass at least one labelling.")
-    encoded = [_encode(labels, n, "labels") for labels in label_sets]
+    return [as_labels(labels, n=n, name="labels") for labels in label_sets]
+
+
+def _samples_multi(
+    X: np.ndarray, label_sets: Sequence[np.ndarray], metric: str, device: str, block_size: int | None
+) -> list[np.ndarray]:
+    """:func:`silhouette_samples_multi` on validated ``X`` (n, d) float32 and (n,) int64 labels."""
+    n = X.shape[0]
+    encoded = [_encode(labels, n) for labels in label_sets]
     codes_list = [codes for codes, _ in encoded]
     ks = [counts.size for _, counts in encoded]
     if metric == "cosine":
@@ -223,7 +235,7 @@ def silhouette_samples_multi(
 
 
 def silhouette_samples(
-    X, labels, metric: str = "cosine", device: str = "auto", block_size: int | None = None
+    X, labels, *, metric: str = "cosine", device: str = "auto", block_size: int | None = None
 ) -> np.ndarray:
     """Exact silhouette of every sample of ``X`` (n, d) under ``labels`` (n,); shape (n,).
 
@@ -233,12 +245,15 @@ def silhouette_samples(
     return silhouette_samples_multi(X, [labels], metric=metric, device=device, block_size=block_size)[0]
 
 
-def _subsample(n: int, sample_size, random_state) -> np.ndarray | None:
+def _check_sample_size(sample_size) -> None:
     if sample_size is None:
-        return None
+        return
     if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 2:
         raise MetricsError(f"sample_size must be an integer >= 2 (or None for exact); got {sample_size!r}.")
-    if sample_size >= n:
+
+
+def _subsample(n: int, sample_size, random_state) -> np.ndarray | None:
+    if sample_size is None or sample_size >= n:
         return None
     rng = np.random.default_rng(random_state)
     return np.sort(rng.choice(n, size=int(sample_size), replace=False))
@@ -247,34 +262,55 @@ def _subsample(n: int, sample_size, random_state) -> np.ndarray | None:
 def silhouette_stats_multi(
     X,
     label_sets: Sequence,
+    *,
     metric: str = "cosine",
     sample_size: int | None = None,
     random_state: int | None = 0,
     device: str = "auto",
 ) -> list[SilhouetteStats]:
-    """Mean and spread (std across samples) of the silhouette for each labelling.
+    """Mean and spread (std across samples) of the silhouette of ``X`` (n, d) for each labelling.
 
-    Exact over all n samples unless ``sample_size`` is set; then the same random subset of
-    ``sample_size`` samples (drawn with ``random_state``) is used for every labelling, distances
-    taken within the subset (as ``sklearn.metrics.silhouette_score(sample_size=...)``).
+    ``label_sets`` is a list of (n,) integer arrays. Exact over all n samples unless
+    ``sample_size`` is set; then the same random subset of ``sample_size`` samples (drawn with
+    ``random_state``) is used for every labelling, distances taken within the subset (as
+    ``sklearn.metrics.silhouette_score(sample_size=...)``). Returns one
+    :class:`SilhouetteStats` per labelling.
     """
+    metric = _check_metric(metric)
+    _check_sample_size(sample_size)
     X = as_features(X, "silhouette features")
+    return _stats_multi(X, _check_label_sets(label_sets, X.shape[0]), metric, sample_size, random_state, device)
+
+
+def _stats_multi(
+    X: np.ndarray, label_sets: Sequence[np.ndarray], metric: str, sample_size: int | None, random_state, device: str
+) -> list[SilhouetteStats]:
+    """:func:`silhouette_stats_multi` on validated ``X`` (n, d) float32 and (n,) int64 labels."""
     idx = _subsample(X.shape[0], sample_size, random_state)
     if idx is not None:
-        X = X[idx]
-        label_sets = [as_labels(labels, name="labels")[idx] for labels in label_sets]
-    values = silhouette_samples_multi(X, label_sets, metric=metric, device=device)
+        X = np.ascontiguousarray(X[idx])
+        label_sets = [labels[idx] for labels in label_sets]
+    values = _samples_multi(X, label_sets, metric, device, None)
     return [
         SilhouetteStats(float(v.mean()), float(v.std()), int(v.size), metric, sampled=idx is not None)
         for v in values
     ]
 
 
-def silhouette_stats(X, labels, metric: str = "cosine", sample_size=None, random_state=0, device="auto") -> SilhouetteStats:
-    """Mean and spread (std across samples) of the silhouette of one labelling."""
-    return silhouette_stats_multi(X, [labels], metric, sample_size, random_state, device)[0]
+def silhouette_stats(
+    X, labels, *, metric: str = "cosine", sample_size: int | None = None, random_state: int | None = 0,
+    device: str = "auto",
+) -> SilhouetteStats:
+    """Mean and spread (std across samples) of the silhouette of ``X`` (n, d) under ``labels`` (n,)."""
+    return silhouette_stats_multi(X, [labels], metric=metric, sample_size=sample_size,
+                                  random_state=random_state, device=device)[0]
 
 
-def silhouette_score(X, labels, metric: str = "cosine", sample_size=None, random_state=0, device="auto") -> float:
-    """Mean silhouette coefficient, like ``sklearn.metrics.silhouette_score`` but exact and fast."""
-    return silhouette_stats(X, labels, metric, sample_size, random_state, device).mean
+def silhouette_score(
+    X, labels, *, metric: str = "cosine", sample_size: int | None = None, random_state: int | None = 0,
+    device: str = "auto",
+) -> float:
+    """Mean silhouette coefficient of ``X`` (n, d) under ``labels`` (n,), like
+    ``sklearn.metrics.silhouette_score`` but exact and fast."""
+    return silhouette_stats(X, labels, metric=metric, sample_size=sample_size, random_state=random_state,
+                            device=device).mean

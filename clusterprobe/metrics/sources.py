@@ -13,12 +13,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..bank import FeatureBank
-from ..errors import LayerError, closest_name
+from ..errors import FeatureBankError, LayerError, closest_name
 from ..io import fingerprint
 from ..runs import FEATURES_DIR, parse_epoch
 from ._validation import MetricsError, as_features, as_labels
@@ -279,3 +279,88 @@ def find_banks(run_dir: str | os.PathLike) -> dict[str, dict[str, Path]]:
             if (bank_dir / "meta.json").exists():
                 found.setdefault(bank_dir.name, {})[split_dir.name] = bank_dir
     return found
+
+
+# -- groups from what the user passed -------------------------------------------------------------
+def is_bank(source) -> bool:
+    """Whether ``source`` is a :class:`FeatureBank` or the directory of one (it has meta.json)."""
+    return isinstance(source, FeatureBank) or (Path(source) / "meta.json").exists()
+
+
+def open_bank(source) -> FeatureBank:
+    return source if isinstance(source, FeatureBank) else FeatureBank.open(source)
+
+
+def groups_from_source(
+    source, *, train=None, splits: Sequence[str] | None = None, epochs: Iterable[int] | None = None
+) -> list[Group]:
+    """The groups to evaluate for a bank (with an optional ``train`` bank) or a run directory.
+
+    A run directory gives one group per epoch directory under ``features/<split>/``; ``splits``
+    and ``epochs`` keep only those splits and epochs.
+
+    Raises:
+        FeatureBankError: the path does not exist or holds no banks.
+        MetricsError: ``train`` is the bank itself, or nothing is left after the filters.
+    """
+    if is_bank(source):
+        bank = open_bank(source)
+        split = BankSplit(bank).split
+        banks = {split: bank}
+        if train is not None:
+            train_bank = open_bank(train)
+            if train_bank.path.resolve() == bank.path.resolve():
+                raise MetricsError(
+                    f"train= is the same bank as the one evaluated ({bank.path}); pass the train "
+                    "split's bank, or leave train out for a hold-out split."
+                )
+            banks = {"train": train_bank, (split if split != "train" else "test"): bank}
+        if splits:
+            banks = {s: b for s, b in banks.items() if s in splits}
+            if not banks:
+                raise MetricsError(f"splits={list(splits)} leaves none of the banks given ({split}).")
+        in_run = bank.path.parent.parent.name == FEATURES_DIR  # <run>/features/<split>/<epoch>
+        return [group_from_banks(banks, run_hint=bank.path.parents[2].name if in_run else "")]
+    path = Path(source)
+    if not path.exists():
+        raise FeatureBankError(f"{path} does not exist; pass a feature bank directory or a run directory.")
+    found = find_banks(path)
+    if not found:
+        raise FeatureBankError(
+            f"{path} is neither a feature bank (no meta.json) nor a run directory with banks "
+            "under features/<split>/epoch_XXXX/. Extract features first with `clusterprobe extract`."
+        )
+    wanted_epochs = None if epochs is None else set(epochs)
+    groups = []
+    for by_split in found.values():
+        if splits:
+            by_split = {s: p for s, p in by_split.items() if s in splits}
+        if not by_split:
+            continue
+        group = group_from_banks({s: FeatureBank.open(p) for s, p in by_split.items()}, run_hint=path.name)
+        if wanted_epochs is not None and group.epoch not in wanted_epochs:
+            continue
+        groups.append(group)
+    if not groups:
+        raise MetricsError(f"No banks in {path} match splits={splits} and epochs={epochs}.")
+    return groups
+
+
+def group_from_arrays(
+    X_train, y_train, X_test, y_test, *, layer: str, run: str, method: str, epoch: int | None, hash_data: bool
+) -> Group:
+    """A group of in-memory arrays: ``train`` (and ``test`` when ``X_test`` is given).
+
+    Each X is an (n, d) array or a dict ``{layer: array}``; labels are (n,) or None. The arrays
+    are validated here (shapes, finite values, labels); ``hash_data`` gives them a data identity
+    so that their results can be cached.
+    """
+    as_dict = lambda X: dict(X) if isinstance(X, Mapping) else {layer: X}  # noqa: E731
+    splits: dict[str, SplitData] = {"train": ArraySplit(as_dict(X_train), y_train, "train", hash_data)}
+    if X_test is not None:
+        splits["test"] = ArraySplit(as_dict(X_test), y_test, "test", hash_data)
+        check_pair(splits["train"], splits["test"], splits["train"].layers)
+    elif y_test is not None:
+        raise MetricsError("y_test was given without X_test; pass both or neither.")
+    train, evaluation = pick_roles(splits)
+    return Group(run, method, epoch, splits, train, evaluation if X_test is not None else None, "")

@@ -9,13 +9,17 @@ from ._validation import MetricsError, as_features
 RANKME_EPS = 1e-7
 
 
-def singular_values(X, chunk: int = 8192) -> np.ndarray:
+def singular_values(X, *, chunk: int = 8192) -> np.ndarray:
     """Singular values of ``X`` (n, d), largest first, shape (min(n, d),), in float64.
 
-    Computed from the eigenvalues of the smaller Gram matrix, accumulated in float64 chunk by
-    chunk, so memory stays O(d^2) beyond ``X`` itself.
+    Computed from the eigenvalues of the smaller Gram matrix, accumulated in float64 ``chunk``
+    rows at a time, so memory stays O(d^2) beyond ``X`` itself.
     """
-    X = as_features(X, "RankMe features")
+    return _singular_values(as_features(X, "RankMe features"), chunk)
+
+
+def _singular_values(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """:func:`singular_values` of validated ``X`` (n, d) float32."""
     n, d = X.shape
     if d <= n:
         gram = np.zeros((d, d), dtype=np.float64)
@@ -29,13 +33,22 @@ def singular_values(X, chunk: int = 8192) -> np.ndarray:
     return np.sqrt(np.clip(eig, 0.0, None))
 
 
-def rankme(X, eps: float = RANKME_EPS) -> float:
+def rankme(X, *, eps: float = RANKME_EPS) -> float:
     """RankMe effective rank of ``X`` (n, d): exp of the entropy of the normalised singular values.
 
     p_k = sigma_k / sum(sigma) + eps, RankMe = exp(-sum_k p_k log p_k); between 1 and
     min(n, d). Features are used as given (not centred), as in the RankMe paper.
+
+    Raises:
+        MetricsError: bad shapes, or all-zero features (RankMe is undefined).
+        NonFiniteFeaturesError: NaN or infinite features.
     """
-    sigma = singular_values(X)
+    return _rankme(as_features(X, "RankMe features"), eps)
+
+
+def _rankme(X: np.ndarray, eps: float = RANKME_EPS) -> float:
+    """:func:`rankme` of validated ``X`` (n, d) float32."""
+    sigma = _singular_values(X)
     total = sigma.sum()
     if total <= 0:
         raise MetricsError("RankMe is undefined for all-zero features (every singular value is 0).")

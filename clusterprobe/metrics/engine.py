@@ -1,0 +1,354 @@
+"""Planning and computing the suite: which units each (layer, split) needs, what the cache already
+holds, and the computation of the rest, as :class:`~clusterprobe.metrics.table.MetricRow` rows.
+
+Inputs arrive validated (:mod:`.sources` checks features and labels, :class:`MetricSettings`
+every option), so the metric modules' internal functions are called directly, without checking
+again. Per-split units (clustering, silhouette, RankMe) share one k-means run per (layer,
+split); probe units fit on the train split and score on the eval split (or on a stratified
+hold-out when there is only one split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..devices import resolve_device
+from ..linalg import l2_normalize
+from . import clustering, probes, silhouette, spectra
+from ._validation import check_k, check_two_classes
+from .cache import MetricsCache, pair_data_id, settings_hash, unit_settings
+from .registry import METRIC_ORDER, UNITS, Unit
+from .settings import MetricSettings
+from .sources import Group, SplitData, check_pair
+from .table import MetricRow, to_frame
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class _Context:
+    """Where the rows of one unit go: group, layer, split, and the keys they are cached under."""
+
+    group: Group
+    layer: str
+    split: str
+    unit: Unit
+    settings_hash: str
+    settings_json: str
+    data_id: str
+
+    def row(self, metric: str, value, std=math.nan, n=None, **extra) -> MetricRow:
+        return MetricRow(
+            run=self.group.run, method=self.group.method, epoch=self.group.epoch, layer=self.layer,
+            split=self.split, metric=metric, value=value, std=std, n=n, unit=self.unit.name,
+            settings=self.settings_json, settings_hash=self.settings_hash, data_id=self.data_id, **extra,
+        )
+
+
+def _skip_rows(group: Group, layer: str, split: str, unit: Unit, reason: str) -> list[MetricRow]:
+    ctx = _Context(group, layer, split, unit, "", "", "")
+    return [ctx.row(metric, math.nan, note=f"skipped: {reason}") for metric in unit.metrics]
+
+
+class _SplitWork:
+    """Lazily loaded features, labels and k-means results of one (layer, split)."""
+
+    _UNSET = object()
+
+    def __init__(self, data: SplitData, layer: str, settings: MetricSettings, k: int | None):
+        self.data, self.layer, self.settings, self.k = data, layer, settings, k
+        self._X = None
+        self._km = None
+        self._labels = self._UNSET
+
+    @property
+    def X(self) -> np.ndarray:
+        """Features (n, d) float32, validated by the split."""
+        if self._X is None:
+            self._X = self.data.features(self.layer)
+        return self._X
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """Labels (n,) int64, validated by the split, or None."""
+        if self._labels is self._UNSET:
+            self._labels = self.data.labels()
+        return self._labels
+
+    @property
+    def kmeans(self) -> clustering.KMeansResult:
+        if self._km is None:
+            s = self.settings
+            self._km = clustering._kmeans(
+                self.X, int(self.k), s.seeds, bool(s.normalize), int(s.kmeans_niter), float(s.kmeans_tol),
+                s.kmeans_init, s.device,
+            )
+        return self._km
+
+
+def _kmeans_columns(s: MetricSettings, k: int) -> dict:
+    return {
+        "k": k, "normalize": s.normalize, "distance": "cosine" if s.normalize else "euclidean",
+        "seeds": ",".join(map(str, s.seeds)),
+        "protocol": f"faiss k-means ({s.kmeans_init}, tol {s.kmeans_tol:g}, <= {s.kmeans_niter} iterations"
+                    f"{', spherical' if s.normalize else ''})",
+    }
+
+
+# -- computing ----------------------------------------------------------------------------------
+def _compute_split_units(work: _SplitWork, units: list[tuple[Unit, _Context]]) -> list[MetricRow]:
+    """Compute the per-split units in ``units`` on one (layer, split); returns rows."""
+    s = work.settings
+    rows: list[MetricRow] = []
+    by_name = {unit.name: ctx for unit, ctx in units}
+    n = work.X.shape[0]
+    if "rankme" in by_name:
+        rows.append(by_name["rankme"].row("rankme", spectra._rankme(work.X), n=n, normalize=False))
+    agreement = [name for name in clustering.AGREEMENT if name in by_name]
+    if agreement:
+        scores = clustering._agreement(work.labels, work.kmeans, agreement)
+        for name in agreement:
+            mean, std = scores[name]
+            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k)))
+    validity = [name for name in clustering.LABEL_FREE if name in by_name]
+    if validity:
+        scores = clustering._validity(work.X, work.kmeans, validity)
+        for name in validity:
+            mean, std = scores[name]
+            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k)))
+    if "silhouette_true" in by_name or "silhouette_kmeans" in by_name:
+        rows.extend(_silhouette_rows(work, by_name))
+    return rows
+
+
+def _silhouette_rows(work: _SplitWork, by_name: dict[str, _Context]) -> list[MetricRow]:
+    s = work.settings
+    label_sets, owners = [], []
+    if "silhouette_true" in by_name:
+        label_sets.append(work.labels)
+        owners.append("true")
+    if "silhouette_kmeans" in by_name:
+        label_sets.extend(list(work.kmeans.labels))
+        owners.extend(["kmeans"] * len(work.kmeans.labels))
+    # cosine distances ignore row norms; only the Euclidean silhouette depends on normalisation
+    X = l2_normalize(work.X) if s.normalize and s.distance == "euclidean" else work.X
+    # a single cluster has no silhouette; the labels' range is checked by the silhouette itself
+    usable = [i for i, labels in enumerate(label_sets) if np.unique(labels).size >= 2]
+    stats = dict(zip(usable, silhouette._stats_multi(
+        X, [label_sets[i] for i in usable], s.distance, s.silhouette_sample_size, 0, s.device,
+    )))
+    common = {"normalize": s.normalize, "distance": s.distance}
+    rows = []
+    if "true" in owners:
+        ctx, st = by_name["silhouette_true"], stats[0]
+        cols = dict(common, protocol="ground-truth labels" + (f", {st.n} sampled" if st.sampled else ""))
+        rows.append(ctx.row("silhouette_true", st.mean, math.nan, st.n, **cols))
+        rows.append(ctx.row("silhouette_true_spread", st.std, math.nan, st.n, **cols))
+    if "kmeans" in owners:
+        ctx = by_name["silhouette_kmeans"]
+        seeds = [stats[i] for i, o in enumerate(owners) if o == "kmeans" and i in stats]
+        cols = dict(_kmeans_columns(s, work.k), **common)
+        cols["protocol"] = "k-means labels" + (f", {seeds[0].n} sampled" if seeds and seeds[0].sampled else "")
+        means = np.array([st.mean for st in seeds]) if seeds else np.array([math.nan])
+        spreads = np.array([st.std for st in seeds]) if seeds else np.array([math.nan])
+        n = seeds[0].n if seeds else work.X.shape[0]
+        rows.append(ctx.row("silhouette_kmeans", float(means.mean()), float(means.std()), n, **cols))
+        rows.append(ctx.row("silhouette_kmeans_spread", float(spreads.mean()), float(spreads.std()), n, **cols))
+    return rows
+
+
+def _compute_pair_unit(
+    unit: Unit, ctx: _Context, settings: MetricSettings, train: _SplitWork, test: _SplitWork | None
+) -> list[MetricRow]:
+    """Rows of a probe unit: fit on ``train``, score on ``test`` (or a hold-out when None)."""
+    s = settings
+    split = probes._split(train.X, train.labels, None if test is None else test.X,
+                          None if test is None else test.labels, s.holdout, s.holdout_seed)
+    if unit.name == "linear":
+        result = probes._linear_probe(split, s.probe, C=s.probe_C, epochs=s.probe_epochs, seed=s.holdout_seed,
+                                      device=resolve_device(s.device))
+        protocol = f"lbfgs logistic regression, C={s.probe_C:g}, standardised" if s.probe == "lbfgs" else (
+            f"reference: Adam, lr 1e-2 -> 1e-6, {s.probe_epochs} epochs, batch 1000")
+        cols = {"normalize": False, "distance": ""}
+    else:
+        k = s.knn_k or probes.KNN_DEFAULT_K[s.knn]
+        result = probes._knn_accuracy(split, s.knn, int(k), float(s.knn_temperature), s.device)
+        protocol = (f"weighted-cosine, k={k}, T={s.knn_temperature:g}" if s.knn == "weighted-cosine"
+                    else f"majority-euclidean, k={k}")
+        cols = {"normalize": s.knn == "weighted-cosine", "distance": "cosine" if s.knn == "weighted-cosine" else "euclidean"}
+    rows = [ctx.row(f"{unit.name}_top1", result.top1, math.nan, result.n_test, protocol=protocol,
+                    evaluation=result.evaluation, **cols)]
+    if result.top5 is not None:
+        rows.append(ctx.row(f"{unit.name}_top5", result.top5, math.nan, result.n_test, protocol=protocol,
+                            evaluation=result.evaluation, **cols))
+    return rows
+
+
+# -- planning -----------------------------------------------------------------------------------
+class _LayerJob:
+    """Everything asked for one layer of one group: cached rows, skipped rows and new work."""
+
+    def __init__(self, group: Group, layer: str, settings: MetricSettings, cache: MetricsCache, recompute: bool,
+                 progress: Progress | None):
+        self.group, self.layer, self.settings = group, layer, settings
+        self.cache, self.recompute, self.progress = cache, recompute, progress
+        self.works: dict[str, _SplitWork] = {}
+
+    def work(self, split: str) -> _SplitWork:
+        """Lazily loaded data of one split for this layer (shared by clustering and probes)."""
+        if split not in self.works:
+            data = self.group.splits[split]
+            k = self.settings.k if self.settings.k is not None else data.num_classes()
+            self.works[split] = _SplitWork(data, self.layer, self.settings, k)
+        return self.works[split]
+
+    def _cached(self, data_id: str, split: str, unit: Unit, h: str) -> list[MetricRow] | None:
+        if self.recompute:
+            return None
+        return self.cache.lookup(data_id, self.layer, split, unit.name, h)
+
+    def split_rows(self, split: str, units: list[Unit]) -> list[MetricRow]:
+        """Per-split metrics (clustering, silhouette, RankMe) of one split."""
+        work = self.work(split)
+        data, labels = work.data, work.labels
+        if labels is not None and any(u.needs_labels for u in units):
+            check_two_classes(labels, f"labels of {data.name}")
+        resolved = self.settings.resolved(work.k)
+        rows, todo = [], []
+        for unit in units:
+            if unit.needs_labels and labels is None:
+                rows += _skip_rows(self.group, self.layer, split, unit, f"{data.name} has no labels")
+                continue
+            if unit.needs_k and work.k is None:
+                rows += _skip_rows(self.group, self.layer, split, unit, "no labels to take k from; pass k")
+                continue
+            chosen = unit_settings(unit, resolved, holdout=False)
+            h = settings_hash(unit, chosen)
+            data_id = data.data_id(self.layer)
+            cached = self._cached(data_id, split, unit, h)
+            if cached is not None:
+                rows += cached
+            else:
+                todo.append((unit, _Context(self.group, self.layer, split, unit, h, json.dumps(chosen, sort_keys=True), data_id)))
+        if todo:
+            if work.k is not None and any(u.needs_k for u, _ in todo):
+                check_k(work.k, work.X.shape[0])
+            if self.progress:
+                self.progress(f"{self.group.label}layer {self.layer}, {split}: {', '.join(u.name for u, _ in todo)}")
+            new = _compute_split_units(work, todo)
+            self.cache.add(new)
+            rows += new
+        return rows
+
+    def pair_rows(self, units: list[Unit]) -> list[MetricRow]:
+        """Probe metrics: fit on the train split, score on the eval split (or a hold-out)."""
+        group = self.group
+        holdout = not (group.train_split and group.eval_split)
+        fit_name = group.train_split or group.eval_split
+        score_name = group.eval_split or group.train_split
+        fit, score = self.work(fit_name), self.work(score_name)
+        missing = [w.data for w in (fit, score) if w.labels is None]
+        if units and not missing:
+            for work in (fit, score):
+                check_two_classes(work.labels, f"labels of {work.data.name}")
+        resolved = self.settings.resolved(None)
+        rows = []
+        for unit in units:
+            if missing:
+                rows += _skip_rows(group, self.layer, score_name, unit, f"{missing[0].name} has no labels")
+                continue
+            chosen = unit_settings(unit, resolved, holdout=holdout)
+            h = settings_hash(unit, chosen)
+            data_id = pair_data_id(fit.data.data_id(self.layer), None if holdout else score.data.data_id(self.layer))
+            cached = self._cached(data_id, score_name, unit, h)
+            if cached is not None:
+                rows += cached
+                continue
+            if self.progress:
+                where = f"{score_name} hold-out" if holdout else f"{fit_name} -> {score_name}"
+                self.progress(f"{group.label}layer {self.layer}, {unit.name} probe ({where})")
+            ctx = _Context(group, self.layer, score_name, unit, h, json.dumps(chosen, sort_keys=True), data_id)
+            new = _compute_pair_unit(unit, ctx, self.settings, fit, None if holdout else score)
+            self.cache.add(new)
+            rows += new
+        return rows
+
+
+def _evaluate_group(group: Group, settings: MetricSettings, layers, cache: MetricsCache, recompute: bool,
+                    progress: Progress | None) -> list[MetricRow]:
+    """Rows of every requested metric for every layer of one group, saving the cache per layer."""
+    units = [UNITS[name] for name in settings.metrics]
+    split_units = [u for u in units if not u.pair]
+    pair_units = [u for u in units if u.pair]
+    first = group.splits[group.eval_split or group.train_split or next(iter(group.splits))]
+    layers = list(layers) if layers else first.layers
+    for data in group.splits.values():
+        for layer in layers:
+            data.check_layer(layer)  # LayerError naming the closest layer
+    if group.train_split and group.eval_split and pair_units:
+        check_pair(group.splits[group.train_split], group.splits[group.eval_split], layers)
+    cluster_splits = [s for s in group.splits if settings.cluster_splits is None or s in settings.cluster_splits]
+    rows: list[MetricRow] = []
+    for layer in layers:
+        job = _LayerJob(group, layer, settings, cache, recompute, progress)
+        if split_units:
+            for split in cluster_splits:
+                rows += job.split_rows(split, split_units)
+        if pair_units:
+            rows += job.pair_rows(pair_units)
+        cache.save()
+    return rows
+
+
+def _finish(rows: list[MetricRow], layer_order: Sequence[str], split_order: Sequence[str]) -> pd.DataFrame:
+    """The rows as a table sorted by run, epoch, layer (bank order), split (train first), metric."""
+    frame = to_frame(rows)
+    if frame.empty:
+        return frame
+    ranks = {
+        "layer": {layer: i for i, layer in enumerate(layer_order)},
+        "split": {split: i for i, split in enumerate(split_order)},
+        "metric": {m: i for i, m in enumerate(METRIC_ORDER)},
+    }
+    for col, rank in ranks.items():
+        frame[f"_{col}"] = frame[col].map(lambda x, rank=rank: rank.get(x, len(rank)))
+    frame["_epoch"] = frame["epoch"].fillna(-1)
+    keys = ["run", "method", "_epoch", "_layer", "layer", "_split", "split", "_metric"]
+    frame = frame.sort_values(keys, kind="stable")
+    return frame.drop(columns=[f"_{c}" for c in ranks] + ["_epoch"]).reset_index(drop=True)
+
+
+def evaluate_groups(
+    groups: Sequence[Group],
+    settings: MetricSettings,
+    *,
+    layers: Sequence[str] | None = None,
+    cache_path: str | os.PathLike | None = None,
+    recompute: bool = False,
+    progress: Progress | None = None,
+) -> pd.DataFrame:
+    """Run the suite over prepared groups; the engine under ``evaluate`` and ``evaluate_arrays``.
+
+    ``settings`` validated, ``layers`` None for every layer, ``cache_path`` a CSV file or None,
+    ``progress`` None or a callable receiving one message per step. Returns the tidy table.
+    """
+    cache = MetricsCache(cache_path)
+    rows: list[MetricRow] = []
+    layer_order: list[str] = []
+    split_order: list[str] = []
+    for group in groups:
+        rows += _evaluate_group(group, settings, layers, cache, recompute, progress)
+        roles = [group.train_split, group.eval_split, *group.splits]
+        split_order = list(dict.fromkeys(split_order + [s for s in roles if s]))
+        for split in group.splits.values():
+            layer_order = list(dict.fromkeys(layer_order + split.layers))
+    frame = _finish(rows, layer_order, split_order)
+    frame.attrs["cache"] = None if cache_path is None else str(cache_path)
+    return frame
