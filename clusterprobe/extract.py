@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .bank import FeatureBank, BankWriter
 from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .data import DATASETS, LabeledImageDataset, load_dataset
-from .devices import resolve_device
+from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint, read_json
 from .models import LayerSpec, SSLModel
@@ -82,41 +82,6 @@ class LayerCapture:
         if missing:
             raise LayerError(f"Layers {missing} were not reached by the model's forward pass.")
         return {s.name: self.outputs[s.name] for s in self.specs}
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers (identity in a single process)
-def _distributed_context(device: torch.device) -> tuple[int, int, bool]:
-    """(rank, world size, whether this call initialised the process group)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _all_reduce_counts(counts: dict[str, int], world: int, device: torch.device) -> dict[str, int]:
-    if world == 1:
-        return counts
-    import torch.distributed as dist
-
-    names = sorted(counts)
-    tensor = torch.tensor([counts[n] for n in names], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor)
-    return dict(zip(names, tensor.tolist()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +210,9 @@ def extract_features(
     if len(dataset) == 0:
         raise ClusterprobeError("The data set is empty: there is nothing to extract.")
 
-    device = resolve_device(device)
-    rank, world, owns_group = _distributed_context(device)
-    job = _Extraction(model.to(device).eval(), specs, dataset, device, rank, world, batch_size,
-                      num_workers, progress and rank == 0)
+    env = distributed.init_distributed(device)
+    job = _Extraction(model.to(env.device).eval(), specs, dataset, env.device, env.rank, env.world_size,
+                      batch_size, num_workers, progress and env.is_main)
     description = _dataset_description(dataset)
     key = _bank_fingerprint(checkpoint_info, specs, description)
     try:
@@ -261,16 +225,13 @@ def extract_features(
         nonfinite = _extract_pending_chunks(job, writer, chunk)
         if check_finite:
             _refuse_nonfinite(job, writer, nonfinite)
-        _barrier(world)
-        if rank == 0:
+        distributed.barrier()
+        if env.is_main:
             writer.finalize(_bank_meta(job, description, checkpoint_info, pre_activation, extra_meta))
-        _barrier(world)
+        distributed.barrier()
         return FeatureBank.open(out)
     finally:
-        if owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        distributed.shutdown(env)
 
 
 def _default_out(source, dataset: Dataset) -> Path:
@@ -337,7 +298,7 @@ def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, ov
     args = dict(n=len(job.dataset), dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
                 fingerprint=key, overwrite=overwrite)
     writer = BankWriter(out, create=True, **args) if job.rank == 0 else None
-    _barrier(job.world)
+    distributed.barrier()
     return writer if writer is not None else BankWriter(out, create=False, **args)
 
 
@@ -350,7 +311,8 @@ def _extract_pending_chunks(job: _Extraction, writer: BankWriter, chunk: int) ->
     nonfinite = {name: 0 for name in job.names}
     if mine:
         _extract_chunks(job, writer, mine, chunk, nonfinite)
-    return _all_reduce_counts(nonfinite, job.world, job.device)
+    counts = distributed.all_reduce_(torch.tensor([nonfinite[name] for name in job.names], device=job.device))
+    return dict(zip(job.names, counts.tolist()))
 
 
 def _refuse_nonfinite(job: _Extraction, writer: BankWriter, nonfinite: dict[str, int]) -> None:
@@ -358,7 +320,7 @@ def _refuse_nonfinite(job: _Extraction, writer: BankWriter, nonfinite: dict[str,
     bad = {name: count for name, count in nonfinite.items() if count}
     if not bad:
         return
-    _barrier(job.world)
+    distributed.barrier()
     if job.rank == 0:
         import shutil
 

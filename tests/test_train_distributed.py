@@ -41,7 +41,8 @@ def run_steps(method: str, env=None, **changes) -> dict:
 
     Returns the global (rank-averaged) losses and the final online and momentum weights.
     """
-    from clusterprobe.trainer import build_method, distributed
+    from clusterprobe import distributed
+    from clusterprobe.trainer import build_method
     from clusterprobe.trainer.optim import build_optimizer
 
     config = _config(method, **changes)
@@ -158,7 +159,7 @@ def test_torchrun_training_run(tmp_path):
 
 
 if __name__ == "__main__":  # torchrun worker
-    from clusterprobe.trainer import distributed as _distributed
+    from clusterprobe import distributed as _distributed
 
     torch.set_num_threads(1)
     target = Path(sys.argv[1])

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..checkpoints import read_checkpoint_file, save_checkpoint
 from ..data import DatasetInfo, load_dataset
 from ..errors import CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError
-from . import distributed
+from .. import distributed
 from .config import TrainConfig, build_config, save_config
 from .loading import EpochSampler, SeededViews, build_loader, loader_settings, subset_indices
 from .methods import Method, build_method

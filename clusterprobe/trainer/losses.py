@@ -5,7 +5,7 @@ Shapes: ``m`` = samples of this process, ``B`` = samples of the global batch (``
 process), ``d`` = embedding size. All losses compute in float32 whatever the input dtype.
 
 Under torchrun the functions that need the whole batch gather it themselves through
-:mod:`clusterprobe.trainer.distributed` (identity in one process), so the loss of each rank,
+:mod:`clusterprobe.distributed` (identity in one process), so the loss of each rank,
 averaged over ranks (what DDP's gradient averaging optimises), equals the one-process loss of the
 global batch:
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from .. import distributed
 from ..errors import TrainConfigError
 from ..linalg import l2_normalize
 from .sinkhorn import resa_target

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from .. import distributed
+from ..distributed import DistributedEnv
+from ..linalg import l2_normalize
 from ..models import ModelConfig, SSLModel, mlp_description
 from ..models.backbones import backbone_out_dim
 from ..models.heads import head_dims
-from . import distributed
 from .config import TrainConfig
-from ..linalg import l2_normalize
-from .distributed import DistributedEnv
 from .losses import ReSALoss, barlow_twins_loss, byol_loss, nt_xent_loss, swav_loss, vicreg_loss
 from .schedules import CosineEMASchedule
 from .sinkhorn import sinkhorn_knopp

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import distributed
+from .. import distributed
 from ..errors import TrainConfigError
 from ..linalg import l2_normalize
 

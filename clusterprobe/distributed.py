@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..devices import resolve_device
-from ..errors import TrainConfigError
+from .devices import resolve_device
+from .errors import TrainConfigError
 
 
 @dataclass(frozen=True)
