@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .devices import resolve_device
-from .errors import TrainConfigError
+from .errors import TrainingInputError
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ class GlobalBatchNorm(_BatchNorm):
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:
-            raise TrainConfigError(f"expected at least 2-D input (got {input.dim()}-D)")
+            raise TrainingInputError(f"expected at least 2-D input (got {input.dim()}-D)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_distributed()):
@@ -157,7 +157,7 @@ class GlobalBatchNorm(_BatchNorm):
         all_reduce_(count)
         total = float(count.item())
         if total <= 1:
-            raise TrainConfigError("Expected more than 1 value per channel when training (global batch).")
+            raise TrainingInputError("Expected more than 1 value per channel when training (global batch).")
         x = input.float()
         mean = differentiable_all_reduce(x.sum(dim=dims)) / total
         centred = x - mean.view(shape)

@@ -66,6 +66,10 @@ class TrainConfigError(TrainingError, ValueError):
     """A training configuration is invalid (unknown method, batch too small, bad value...)."""
 
 
+class TrainingInputError(TrainingError, ValueError):
+    """A tensor given to a loss, the Sinkhorn target or a BatchNorm has the wrong shape or size."""
+
+
 class RunDirectoryError(TrainingError):
     """The output directory holds another run, or a run cannot be resumed from it."""
 

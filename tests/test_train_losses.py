@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clusterprobe.trainer import (ReSALoss, TrainConfig, TrainConfigError, barlow_twins_loss, build_method,
+from clusterprobe.errors import TrainingInputError
+from clusterprobe.trainer import (ReSALoss, TrainConfig, barlow_twins_loss, build_method,
                                 byol_loss, nt_xent_loss, resa_loss, resolve_config, swav_loss, vicreg_loss)
 
 
@@ -75,11 +76,11 @@ def test_resa_loss_matches_reference_random(transposed):
 
 def test_resa_loss_rejects_bad_shapes():
     z = [_random(4, 3), _random(4, 3)]
-    with pytest.raises(TrainConfigError, match=r"target has shape \(4, 5\) but z has 4 rows and z_momentum 4"):
+    with pytest.raises(TrainingInputError, match=r"target has shape \(4, 5\) but z has 4 rows and z_momentum 4"):
         resa_loss(z, z, torch.ones(4, 5) / 5)
-    with pytest.raises(TrainConfigError, match="two views"):
+    with pytest.raises(TrainingInputError, match="two views"):
         resa_loss(z[:1], z, torch.eye(4))
-    with pytest.raises(TrainConfigError, match=r"transposed term needs the whole \(square\) matrix"):
+    with pytest.raises(TrainingInputError, match=r"transposed term needs the whole \(square\) matrix"):
         resa_loss([v[:2] for v in z], z, torch.ones(2, 4) / 4, transposed=True)
     with pytest.raises(ValueError):  # still a ValueError for callers that catch those
         resa_loss(z[:1], z, torch.eye(4))

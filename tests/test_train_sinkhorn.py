@@ -93,7 +93,7 @@ def test_target_uses_normalised_encodings():
 
 
 def test_rejects_non_matrix():
-    from clusterprobe.errors import TrainConfigError
+    from clusterprobe.errors import TrainingInputError
 
-    with pytest.raises(TrainConfigError, match=r"scores must be 2-D \(samples, columns\), got shape \(3,\)"):
+    with pytest.raises(TrainingInputError, match=r"scores must be 2-D \(samples, columns\), got shape \(3,\)"):
         sinkhorn_knopp(torch.rand(3))

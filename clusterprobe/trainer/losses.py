@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
-from ..errors import TrainConfigError
+from ..errors import TrainingInputError
 from ..linalg import l2_normalize
 from .sinkhorn import resa_target
 
@@ -69,17 +69,17 @@ def resa_loss(
         cross-entropy uses the column-softmax of the same logits and averages over the K columns.
     """
     if len(z) != 2 or len(z_momentum) != 2:
-        raise TrainConfigError("resa_loss expects two views: z=[z_0, z_1], z_momentum=[z'_0, z'_1].")
+        raise TrainingInputError("resa_loss expects two views: z=[z_0, z_1], z_momentum=[z'_0, z'_1].")
     target = target.detach().float()
     online = [l2_normalize(v.float()) for v in z]
     momentum = [l2_normalize(v.detach().float()) for v in z_momentum]
     if target.shape != (online[0].shape[0], momentum[0].shape[0]):
-        raise TrainConfigError(
+        raise TrainingInputError(
             f"target has shape {tuple(target.shape)} but z has {online[0].shape[0]} rows and "
             f"z_momentum {momentum[0].shape[0]}."
         )
     if transposed and target.shape[0] != target.shape[1]:
-        raise TrainConfigError("The transposed term needs the whole (square) matrix: pass all ranks' z and target.")
+        raise TrainingInputError("The transposed term needs the whole (square) matrix: pass all ranks' z and target.")
     loss = z[0].new_zeros((), dtype=torch.float32)
     for v, u in ((0, 1), (1, 0)):
         logits = online[v] @ momentum[u].t() / temperature

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed
-from ..errors import TrainConfigError
+from ..errors import TrainingInputError
 from ..linalg import l2_normalize
 
 
@@ -38,7 +38,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
     sum to 1 then / K, columns sum to 1 then / B; finally Q *= B and A = Q^T.
     """
     if scores.dim() != 2:
-        raise TrainConfigError(f"scores must be 2-D (samples, columns), got shape {tuple(scores.shape)}")
+        raise TrainingInputError(f"scores must be 2-D (samples, columns), got shape {tuple(scores.shape)}")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         logits = scores.float() / epsilon
         shift = logits.max().clone()
