@@ -1,16 +1,17 @@
-"""Where the metrics' inputs come from: feature banks on disk or arrays in memory.
+"""Where the metrics' inputs come from: feature banks on disk, run directories or arrays in memory.
 
 A :class:`Group` is everything evaluated together for one model state (run, epoch): its splits
 (``train``, ``test``, ...), each a :class:`SplitData` giving per-layer features, labels and an
 identity (``data_id``) that changes whenever the data could have changed, which is what keeps
-the metrics cache from ever answering for other data.
+the metrics cache from ever answering for other data. :func:`groups_from_source` and
+:func:`group_from_arrays` turn what a user passes into groups; features and labels are
+validated here, once, as they are read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -87,8 +88,11 @@ class BankSplit(SplitData):
         return as_features(self.bank[layer], f"Layer {layer!r} of {self.name}")
 
     def labels(self) -> np.ndarray | None:
-        labels = self.bank.labels
-        return None if labels is None else as_labels(np.asarray(labels), n=self.bank.n, name=f"labels of {self.name}")
+        if not hasattr(self, "_labels"):  # read and validated once, shared by every layer
+            labels = self.bank.labels
+            self._labels = (None if labels is None
+                            else as_labels(np.asarray(labels), n=self.bank.n, name=f"labels of {self.name}"))
+        return self._labels
 
     def num_classes(self) -> int | None:
         return self.bank.num_classes
