@@ -65,17 +65,15 @@ def test_report_values_are_the_metrics_of_the_banks(report):
 
 def test_rerunning_a_finished_report_recomputes_nothing(report, monkeypatch):
     runs, first = report
-    import importlib
-
-    extract_module = importlib.import_module("clusterprobe.extract")
-    evaluate_module = importlib.import_module("clusterprobe.metrics.evaluate")
+    import clusterprobe.extract as extract_module
+    import clusterprobe.metrics.engine as engine_module
 
     def forbidden(*args, **kwargs):
         raise AssertionError("recomputed")
 
     monkeypatch.setattr(extract_module, "_extract_chunks", forbidden)
     for name in ("_compute_split_units", "_compute_pair_unit"):
-        monkeypatch.setattr(evaluate_module, name, forbidden)
+        monkeypatch.setattr(engine_module, name, forbidden)
     monkeypatch.setattr("clusterprobe.report.embedding.umap_embedding", forbidden)
     again = build_report(runs, settings=ReportSettings(**FAST), progress=False)
     pd.testing.assert_frame_equal(again.table.reset_index(drop=True), first.table.reset_index(drop=True))
