@@ -12,7 +12,8 @@ reads it::
       features/<split>/epoch_XXXX/   feature banks (``<dataset>-<split>`` for another data set)
       metrics.csv                    the metrics cache
 
-Epoch numbers are zero-padded to four digits and parsed back as integers (never sorted as text).
+Epoch numbers are written zero-padded to four digits and parsed back as integers (any number of
+digits; never sorted as text).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ FEATURES_DIR = "features"
 METRICS_NAME = "metrics.csv"
 LAST_NAME = "last.pt"
 
-_EPOCH = re.compile(r"^epoch_(\d{4,})$")
+_EPOCH = re.compile(r"^epoch_(\d+)$")
 
 
 def epoch_name(epoch: int) -> str:

@@ -1,0 +1,44 @@
+"""The run-directory layout: names written by the trainer are the names every reader parses."""
+
+import pytest
+
+from clusterprobe.errors import ClusterprobeError
+from clusterprobe.runs import (RunLayout, checkpoint_name, epoch_name, parse_epoch, read_config_file,
+                               run_of_checkpoint)
+
+
+def test_names_round_trip_and_sort_as_numbers(tmp_path):
+    assert epoch_name(7) == "epoch_0007" and checkpoint_name(12345) == "epoch_12345.pt"
+    assert parse_epoch("epoch_0007") == 7 and parse_epoch("epoch_0007.pt", ".pt") == 7
+    assert parse_epoch("epoch_7.pt", ".pt") == 7  # hand-made names without padding still count
+    for name in ("epoch_0007.pt", "epoch_x", "last.pt", "epoch_0007.pt.tmp", ".epoch_0007"):
+        assert parse_epoch(name) is None
+    assert parse_epoch("epoch_0007.ckpt", ".pt") is None
+    layout = RunLayout(tmp_path / "run")
+    for epoch in (10000, 2, 9999, 0):
+        path = layout.checkpoint_path(epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    (layout.checkpoint_dir / "notes.txt").write_text("")
+    assert list(layout.checkpoints()) == [0, 2, 9999, 10000]
+    assert layout.bank_path("test", 3) == tmp_path / "run" / "features" / "test" / "epoch_0003"
+    assert layout.bank_path("train", 3, "cifar100") == tmp_path / "run" / "features" / "cifar100-train" / "epoch_0003"
+    assert run_of_checkpoint(layout.checkpoint_path(2)).path == layout.path
+    assert run_of_checkpoint(tmp_path / "model.pt") is None
+
+
+def test_config_reader(tmp_path):
+    layout = RunLayout(tmp_path)
+    assert layout.read_config() == {}
+    layout.config_path.write_text("method: resa\nepochs: 3\n")
+    assert layout.read_config() == {"method": "resa", "epochs": 3}
+    (tmp_path / "c.toml").write_text('method = "byol"\n')
+    assert read_config_file(tmp_path / "c.toml") == {"method": "byol"}
+    layout.config_path.write_text("- a list\n")
+    with pytest.raises(ClusterprobeError, match="must hold a mapping"):
+        layout.read_config()
+    layout.config_path.write_text("method: [unclosed\n")
+    with pytest.raises(ClusterprobeError, match="could not be parsed"):
+        layout.read_config()
+    with pytest.raises(ClusterprobeError, match="does not exist"):
+        read_config_file(tmp_path / "missing.yaml")
