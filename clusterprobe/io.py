@@ -29,12 +29,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """Write a file through ``write(file_object)`` into a temporary sibling, then rename it.
 
     If anything fails (including a full disk) the previous file at ``path`` stays intact and the
-    temporary file is removed.
+    temporary file is removed. The file gets the mode ``open()`` would give it: an existing
+    file's mode is kept, a new file gets 0666 minus the process umask (0644 under umask 022).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp makes 0600; readers (web servers, groups) need more
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
@@ -48,6 +50,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         raise
     fsync_directory(path.parent)
     return path
+
+
+def _file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: the existing file's, else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
