@@ -55,6 +55,8 @@ def _cell(value: float, std: float) -> str:
 
 def render_tables(frame) -> list[Table]:
     """One table per (run, epoch, split): a row per metric, a column per layer, ``value ±std``."""
+    from pandas import isna
+
     shown = frame[frame["note"] == ""]
     layers = list(dict.fromkeys(shown["layer"]))
     order = {m: i for i, m in enumerate(HEADERS)}
@@ -62,7 +64,7 @@ def render_tables(frame) -> list[Table]:
     for (run, method, epoch, split), rows in shown.groupby(["run", "method", "epoch", "split"], sort=False, dropna=False):
         title = " · ".join(
             part for part in (
-                str(run), str(method), "" if epoch is None or epoch != epoch else f"epoch {epoch}", split,
+                str(run), str(method), "" if isna(epoch) else f"epoch {epoch}", split,
             ) if part
         )
         table = Table(title=title, title_justify="left", header_style="bold")

@@ -101,3 +101,20 @@ def test_metrics_help_lists_the_metric_names(app):
 
     words = set(re.findall(r"[a-z_]+", text.split("--metrics")[1].split("--k")[0]))
     assert not words & {"acc", "db", "ch", "probe", "accuracy"}  # the former second names
+
+
+def test_a_bank_without_an_epoch_prints_its_table(app, tmp_path):
+    """A bank written by FeatureBank.write with no epoch (pandas NA in the table) used to crash."""
+    import numpy as np
+
+    from clusterprobe import FeatureBank
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    X = (rng.normal(size=(300, 8)) + 3 * y[:, None]).astype("float32")
+    FeatureBank.write(tmp_path / "bank", features={"H": X}, labels=y)
+    result = runner.invoke(app, ["metrics", str(tmp_path / "bank"), "--metrics", "nmi,linear"])
+    assert result.exit_code == 0, result.output
+    assert "NMI" in result.output and "linear@1" in result.output
+    table = pd.read_csv(tmp_path / "bank.metrics.csv")
+    assert table["epoch"].isna().all() and set(table["metric"]) == {"nmi", "linear_top1"}
