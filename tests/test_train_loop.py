@@ -203,6 +203,7 @@ def test_resume_of_finished_run_does_nothing(tmp_path):
     ({"options": {"temprature": 0.4}}, r"Unknown option\(s\) \['temprature'\] for method resa; its options are: temperature"),
     ({"views": "strong"}, r"Unknown view recipe 'strong'"),
     ({"lr_floor": 2}, r"lr_floor is a fraction"),
+    ({"warmup_epochs": 5}, r"warmup_epochs 5 is longer than the run \(\d+ epochs\)"),
     ({"limit_train": 10}, r"fewer images than one batch"),
 ])
 def test_invalid_configs_are_refused(tmp_path, changes, message):

@@ -417,6 +417,9 @@ def _check_optimisation(config: TrainConfig) -> None:
         _fail(f"lr_floor is a fraction of the peak LR in [0, 1], got {config.lr_floor}.")
     if float(config.warmup_epochs) < 0:
         _fail(f"warmup_epochs must be >= 0, got {config.warmup_epochs}.")
+    if float(config.warmup_epochs) > config.epochs:
+        _fail(f"warmup_epochs {config.warmup_epochs:g} is longer than the run ({config.epochs} epochs): the "
+              "learning rate would never reach its peak. Use fewer warm-up epochs or more epochs.")
     if config.method in MOMENTUM_METHODS:
         if config.ema_base is None or not 0 <= float(config.ema_base) < 1:
             _fail(f"ema_base must be in [0, 1) for {config.method}, got {config.ema_base}.")
