@@ -49,6 +49,31 @@ def _library_version() -> str:
     return __version__
 
 
+_OVERWRITE_HINT = " with --overwrite (overwrite=True) to replace it"
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """Why the ``.npy`` file at ``path`` is not an intact (shape, dtype) array, or None."""
+    if not path.exists():
+        return "is missing"
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # 2.0 and 3.0 share a layout
+            found_shape, fortran, found_dtype = read_header(handle)
+            offset = handle.tell()
+    except (ValueError, OSError, EOFError) as error:
+        return f"has no readable .npy header ({size} bytes; {error})"
+    if tuple(found_shape) != tuple(shape) or np.dtype(found_dtype) != dtype or fortran:
+        return f"holds a {found_dtype} array of shape {tuple(found_shape)}, not {dtype} {tuple(shape)}"
+    wanted = offset + int(np.prod(shape)) * dtype.itemsize
+    if size != wanted:
+        return f"has {size} bytes where its header implies {wanted} (truncated or padded)"
+    return None
+
+
 class FeatureBank:
     """Read access to a feature bank directory; arrays are memory-mapped lazily.
 
@@ -84,15 +109,48 @@ class FeatureBank:
                 f"{path} is not a feature bank: it has no meta.json. Banks are made by "
                 "`clusterprobe extract` or FeatureBank.write()."
             )
-        meta = read_json(meta_path)
-        if meta.get("format") != BANK_FORMAT:
+        try:
+            meta = read_json(meta_path)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise FeatureBankError(
+                f"Feature bank {path} is damaged: {meta_path.name} is not valid JSON ({error}). "
+                f"Extract it again{_OVERWRITE_HINT}."
+            ) from None
+        if not isinstance(meta, dict) or meta.get("format") != BANK_FORMAT:
             raise FeatureBankError(f"{meta_path} does not describe a clusterprobe feature bank.")
         if meta.get("format_version", 0) > BANK_FORMAT_VERSION:
             raise FeatureBankError(
                 f"{path} was written by a newer clusterprobe (bank format "
                 f"{meta['format_version']}); upgrade clusterprobe to read it."
             )
-        return cls(path, meta)
+        bank = cls(path, meta)
+        bank.check_files()
+        return bank
+
+    def check_files(self) -> None:
+        """Check every array file against ``meta.json``: present, a readable ``.npy`` header with
+        the recorded shape and dtype, and exactly the byte size that header implies.
+
+        Cheap (headers and file sizes only), so it runs on every :meth:`open`: a truncated,
+        emptied or swapped file is refused instead of being read as features.
+
+        Raises:
+            FeatureBankError: naming the damaged file and the fix.
+        """
+        try:
+            expected = {str(info["file"]): ((self.n, int(info["dim"])), np.dtype(np.float32))
+                        for info in self.meta["layers"].values()}
+            for name in ("labels", "coarse_labels"):
+                if self.meta.get(name):
+                    expected[f"{name}.npy"] = ((self.n,), np.dtype(np.int64))
+        except (KeyError, TypeError, ValueError) as error:
+            raise FeatureBankError(f"Feature bank {self.path} is damaged: meta.json lacks {error}. "
+                                   f"Extract it again{_OVERWRITE_HINT}.") from None
+        for file, (shape, dtype) in expected.items():
+            problem = _npy_problem(self.path / file, shape, dtype)
+            if problem:
+                raise FeatureBankError(f"Feature bank {self.path} is damaged: {file} {problem}. "
+                                       f"Extract it again{_OVERWRITE_HINT}.")
 
     @classmethod
     def write(

@@ -25,7 +25,7 @@ from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .data import DATASETS, LabeledImageDataset, load_dataset
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
-from .io import fingerprint, read_json
+from .io import fingerprint
 from .models import LayerSpec, SSLModel
 from .runs import FEATURES_DIR, parse_epoch, run_of_checkpoint
 
@@ -262,12 +262,14 @@ def _bank_fingerprint(checkpoint_info: Mapping[str, Any], specs: Sequence[LayerS
 
 
 def _reusable_bank(out: Path, key: str, overwrite: bool) -> FeatureBank | None:
-    """The finished bank at ``out`` when it is the one asked for; refuse a different one."""
+    """The finished bank at ``out`` when it is the one asked for and intact; refuse a different
+    or damaged one (overwrite=True replaces either)."""
     if overwrite or not (out / "meta.json").exists():
         return None
-    existing = read_json(out / "meta.json")
+    bank = FeatureBank.open(out)  # refuses a damaged bank (truncated files, bad meta.json)
+    existing = bank.meta
     if existing.get("fingerprint") == key:
-        return FeatureBank.open(out)
+        return bank
     raise FeatureBankError(
         f"{out} already holds a different feature bank (made from "
         f"{existing.get('checkpoint', {}).get('path')}, layers "

@@ -46,3 +46,26 @@ def test_dataset_defaults_to_the_one_the_checkpoint_names(own_checkpoint, tmp_pa
     result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert FeatureBank.open(tmp_path / "b").meta["dataset"]["name"] == "digits"
+
+
+def test_a_damaged_bank_is_refused_not_reused_and_overwrite_repairs_it(own_checkpoint, tmp_path):
+    """Issue 9: a truncated H.npy used to be reused as complete ("wrote 450 samples", exit 0)."""
+    import os
+
+    import numpy as np
+
+    path, _, _ = own_checkpoint
+    out = tmp_path / "bank"
+    args = ["extract", str(path), "--layers", "H,Z", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    reference = np.array(FeatureBank.open(out)["H"])
+    with open(out / "H.npy", "r+b") as handle:
+        handle.truncate(os.path.getsize(out / "H.npy") - 64)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "H.npy has" in result.output and "truncated" in result.output and "--overwrite" in result.output
+    (out / "meta.json").write_text('{"format": ')  # a truncated meta.json
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "meta.json is not valid JSON" in result.output
+    assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
+    np.testing.assert_array_equal(FeatureBank.open(out)["H"], reference)

@@ -1,0 +1,62 @@
+"""Damaged bank files are refused by name when a bank is opened, never read as features."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from clusterprobe import FeatureBank
+from clusterprobe.errors import FeatureBankError
+
+
+@pytest.fixture
+def bank(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    X = rng.normal(size=(300, 8)).astype("float32")
+    return FeatureBank.write(tmp_path / "bank", features={"H": X, "Z": X[:, :4]}, labels=y)
+
+
+def damaged(bank, tmp_path, damage):
+    copy = tmp_path / "copy"
+    shutil.copytree(bank.path, copy)
+    damage(copy)
+    with pytest.raises(FeatureBankError) as error:
+        FeatureBank.open(copy)
+    assert "--overwrite" in str(error.value)
+    return str(error.value)
+
+
+def test_intact_bank_opens(bank):
+    assert FeatureBank.open(bank.path).n == 300
+
+
+def test_truncated_layer_file(bank, tmp_path):
+    def truncate(path):
+        with open(path / "H.npy", "r+b") as handle:
+            handle.truncate(os.path.getsize(path / "H.npy") - 100)
+    assert "H.npy has 9628 bytes where its header implies 9728" in damaged(bank, tmp_path, truncate)
+
+
+def test_zero_byte_layer_file(bank, tmp_path):
+    assert "Z.npy has no readable .npy header (0 bytes" in damaged(
+        bank, tmp_path, lambda path: open(path / "Z.npy", "wb").close())
+
+
+def test_missing_layer_file(bank, tmp_path):
+    assert "Z.npy is missing" in damaged(bank, tmp_path, lambda path: (path / "Z.npy").unlink())
+
+
+def test_swapped_dtype_or_shape(bank, tmp_path):
+    message = damaged(bank, tmp_path, lambda path: np.save(path / "labels.npy", np.zeros(300, np.float32)))
+    assert "labels.npy holds a float32 array of shape (300,), not int64 (300,)" in message
+    message = damaged(bank, tmp_path, lambda path: np.save(path / "H.npy", np.zeros((299, 8), np.float32)))
+    assert "not float32 (300, 8)" in message
+
+
+def test_truncated_meta_json(bank, tmp_path):
+    def truncate(path):
+        text = (path / "meta.json").read_text()
+        (path / "meta.json").write_text(text[:50])
+    assert "meta.json is not valid JSON" in damaged(bank, tmp_path, truncate)
