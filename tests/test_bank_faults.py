@@ -19,7 +19,7 @@ def bank(tmp_path):
 
 
 def damaged(bank, tmp_path, damage):
-    copy = tmp_path / "copy"
+    copy = tmp_path / f"copy{len(list(tmp_path.glob('copy*')))}"
     shutil.copytree(bank.path, copy)
     damage(copy)
     with pytest.raises(FeatureBankError) as error:
