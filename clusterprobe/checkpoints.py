@@ -24,6 +24,7 @@ import io as _io
 import json
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,11 @@ def read_checkpoint_file(path: str | Path, trust: bool = False) -> Any:
             "write was probably interrupted). Use an earlier checkpoint or re-save it."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of raw pickles before refusing them; our
+            # UnsafeCheckpointError below says what matters.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as error:
         if trust or "weights_only" not in str(error).lower() and "weights only" not in str(error).lower():
             raise CheckpointError(f"{path} could not be unpickled: {error}") from error

@@ -168,3 +168,15 @@ def test_momentum_branch_may_lack_the_online_predictor(tmp_path):
     assert load_checkpoint(path).model.predictor is None  # momentum branch by default
     same_outputs(load_checkpoint(path).model, momentum, X1)
     assert load_checkpoint(path, momentum=False).model.predictor is not None
+
+
+def test_raw_pickle_is_refused_with_only_our_message(tmp_path, recwarn):
+    """Issue 9: torch's pickle-protocol UserWarning used to print before the clear error."""
+    import pickle
+
+    path = tmp_path / "raw.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, handle, protocol=4)
+    with pytest.raises(UnsafeCheckpointError, match="trust=True"):
+        load_checkpoint(path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
