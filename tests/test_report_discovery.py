@@ -42,3 +42,20 @@ def test_empty_or_missing_runs_folder(tmp_path):
         discover_runs(tmp_path)
     with pytest.raises(ClusterprobeError, match="does not exist"):
         discover_runs(tmp_path / "nope")
+
+
+def test_a_run_without_its_checkpoints_folder_is_named(tmp_path):
+    """Issue 9: a run folder holding config.yaml but no checkpoints/ vanished without a word."""
+    touch_checkpoint(tmp_path / "good" / "checkpoints" / "epoch_0001.pt")
+    (tmp_path / "good" / "config.yaml").write_text("method: resa\ndataset: digits\n")
+    (tmp_path / "lost").mkdir()
+    (tmp_path / "lost" / "config.yaml").write_text("method: byol\ndataset: digits\n")
+    runs, warnings = discover_runs(tmp_path)
+    assert [r.name for r in runs] == ["good"]
+    assert warnings == [f"run lost ({tmp_path / 'lost'}) has a config.yaml but no checkpoints/ folder: skipped"]
+
+
+def test_a_checkpoint_file_instead_of_a_folder(tmp_path):
+    touch_checkpoint(tmp_path / "run" / "checkpoints" / "epoch_0001.pt")
+    with pytest.raises(ClusterprobeError, match="is a file; the report takes a folder of runs"):
+        discover_runs(tmp_path / "run" / "checkpoints" / "epoch_0001.pt")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ClusterprobeError
-from ..runs import CHECKPOINT_DIR, RunLayout
+from ..runs import CHECKPOINT_DIR, CONFIG_NAME, RunLayout
 
 _SOLO_EPOCH = re.compile(r"-ep=(\d+)\.ckpt$")
 
@@ -99,12 +99,22 @@ def discover_runs(runs_dir: str | Path) -> tuple[list[Run], list[str]]:
         ClusterprobeError: the folder does not exist or holds no run at all.
     """
     root = Path(runs_dir)
+    if root.is_file():
+        raise ClusterprobeError(f"{root} is a file; the report takes a folder of runs (e.g. runs/, "
+                                "holding run directories with checkpoints/epoch_XXXX.pt).")
     if not root.is_dir():
         raise ClusterprobeError(f"No runs folder at {root}: the directory does not exist.")
     runs: list[Run] = []
     warnings: list[str] = []
     candidates = {p.parent for p in root.rglob(CHECKPOINT_DIR) if p.is_dir()}
     candidates |= {p for p in [root] if (p / CHECKPOINT_DIR).is_dir()}
+    # a run directory that lost (or never got) its checkpoints/ still has its config.yaml: say so
+    for config in sorted(root.rglob(CONFIG_NAME)):
+        folder = config.parent
+        if folder not in candidates and "features" not in folder.relative_to(root).parts \
+                and not (folder / "args.json").exists():
+            warnings.append(f"run {_run_name(folder, root)} ({folder}) has a {CONFIG_NAME} but no "
+                            f"{CHECKPOINT_DIR}/ folder: skipped")
     for run_dir in sorted(candidates):
         if "features" in run_dir.relative_to(root).parts:
             continue
