@@ -16,6 +16,7 @@ from .common import friendly_errors, split_list
 def register(app: typer.Typer) -> None:
     app.command("extract")(extract)
     app.command("layers")(layers)
+    app.command("verify")(verify)
 
 
 @friendly_errors
@@ -50,7 +51,27 @@ def extract(
     )
     if int(os.environ.get("RANK", "0")) == 0:
         dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items())
-        typer.echo(f"wrote {bank.n} samples ({dims}) to {bank.path}")
+        if bank.reused:
+            typer.echo(f"reused the bank at {bank.path} ({bank.n} samples, {dims}): it was already "
+                       "extracted from this checkpoint with these layers and data; nothing was "
+                       "recomputed (--overwrite extracts it again)")
+        else:
+            typer.echo(f"wrote {bank.n} samples ({dims}) to {bank.path}")
+
+
+@friendly_errors
+def verify(
+    bank: Path = typer.Argument(..., help="Feature bank directory."),
+    content: bool = typer.Option(True, "--content/--quick", help="Also compare every file's SHA-256 with the one recorded when the bank was written (reads every byte); --quick checks only shapes, dtypes and sizes."),
+) -> None:
+    """Check a feature bank against its meta.json: file shapes, dtypes, sizes and content hashes."""
+    from clusterprobe.bank import FeatureBank
+
+    opened = FeatureBank.open(bank)
+    notes = opened.verify(content=content)
+    typer.echo(f"{opened.path}: ok")
+    for note in notes:
+        typer.echo(f"  {note}")
 
 
 @friendly_errors

@@ -16,17 +16,22 @@ resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import os
 import re
 import shutil
+import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import FeatureBankError, LayerError, NonFiniteFeaturesError, closest_name
-from .io import atomic_write_json, read_json, replace_directory
+from .errors import (FeatureBankError, LayerError, LockedError, NonFiniteFeaturesError, OutputPathError,
+                     closest_name)
+from .io import (atomic_write_json, describe_holder, exclusive_lock, free_bytes, lock_file_of,
+                 preallocate, read_json, read_lock_holder, replace_directory, sha256_file)
 from .linalg import l2_normalize
 
 BANK_FORMAT = "clusterprobe.feature_bank"
@@ -74,6 +79,57 @@ def _npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | N
     return None
 
 
+def _bytes(count: int) -> str:
+    """``"176784 bytes (172.6 KiB)"``: exact, and readable."""
+    text, value = f"{count} bytes", float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value /= 1024
+        readable = f"{value:.1f} {unit}"
+    return f"{text} ({readable})" if count >= 1024 else text
+
+
+@contextlib.contextmanager
+def lock_bank(path: str | os.PathLike, request: str | None,
+              say: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Be the only writer of the bank at ``path`` for a ``with`` block.
+
+    The lock (:func:`~clusterprobe.io.exclusive_lock` on ``.<name>.lock`` beside the bank) records
+    ``request`` (the bank's fingerprint). If another process holds it:
+
+    - for the same request (same checkpoint, layers, data and transform), this one waits for it
+      (``say`` is told) and the caller then finds the finished bank and reuses it, or resumes
+      the partial bank if that process died;
+    - for a different request (or ``request`` None: :meth:`FeatureBank.write`), it refuses at
+      once with :class:`~clusterprobe.errors.LockedError` naming the path and the process: two
+      writers would mix one request's meta.json with another's rows.
+    """
+    path = Path(path)
+    what = f"the feature bank {path}"
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_lock(path, wait=False, what=what, info={"request": request}))
+    except OutputPathError as error:
+        raise OutputPathError(f"{error} Choose a writable output directory (--out, out=...).") from None
+    except LockedError as error:
+        holder = error.holder
+        if not holder:  # it has the lock but has not written its details yet
+            time.sleep(0.5)
+            holder = read_lock_holder(path)
+        if request is None or holder.get("request") != request:
+            raise LockedError(
+                f"The feature bank {path} is being written by {describe_holder(holder)} for a "
+                f"different request (lock file {lock_file_of(path)}); two writers would mix their "
+                "rows, so this one stops. Wait for that process to finish, or choose another "
+                "output directory (--out, out=...).", holder) from None
+        if say is not None:
+            say(f"waiting for {describe_holder(holder)}, which is extracting the same bank into {path}")
+        stack.enter_context(exclusive_lock(path, wait=True, what=what, info={"request": request}))
+    with stack:
+        yield
+
+
 class FeatureBank:
     """Read access to a feature bank directory; arrays are memory-mapped lazily.
 
@@ -83,6 +139,10 @@ class FeatureBank:
     >>> X = bank["H"]            # np.memmap of shape (n, 512), float32, read-only
     >>> y = bank.labels          # np.ndarray of shape (n,), int64, or None
     """
+
+    #: True when :func:`~clusterprobe.extract.extract_features` returned an existing bank
+    #: instead of writing it.
+    reused: bool = False
 
     def __init__(self, path: str | os.PathLike, meta: dict):
         self.path = Path(path)
@@ -152,6 +212,41 @@ class FeatureBank:
                 raise FeatureBankError(f"Feature bank {self.path} is damaged: {file} {problem}. "
                                        f"Extract it again{_OVERWRITE_HINT}.")
 
+    def verify(self, content: bool = False) -> list[str]:
+        """Check the bank against its ``meta.json``; returns notes on what was checked.
+
+        Always: every array file's ``.npy`` header (shape, dtype) and byte size (:meth:`check_files`).
+        With ``content``: also each file's SHA-256 against the one recorded when the bank was
+        finished (reads every byte). Banks written before hashes were recorded pass with a note
+        saying so.
+
+        Raises:
+            FeatureBankError: naming the damaged file and the fix.
+        """
+        self.check_files()
+        files = [str(info["file"]) for info in self.meta["layers"].values()]
+        files += [f"{name}.npy" for name in ("labels", "coarse_labels") if self.meta.get(name)]
+        notes = [f"{len(files)} files ({', '.join(files)}): shapes, dtypes and sizes match meta.json "
+                 f"({self.n} rows)"]
+        if not content:
+            return notes
+        recorded = self.meta.get("sha256")
+        if not isinstance(recorded, dict) or not recorded:
+            notes.append("content not checked: this bank has no SHA-256 hashes recorded in meta.json "
+                         "(written by an older clusterprobe); re-extract with --overwrite to record them")
+            return notes
+        for file in files:
+            if file not in recorded:
+                notes.append(f"{file}: no SHA-256 recorded, content not checked")
+                continue
+            if sha256_file(self.path / file) != recorded[file]:
+                raise FeatureBankError(
+                    f"Feature bank {self.path} is damaged: the content of {file} differs from the "
+                    "SHA-256 recorded when the bank was written (changed or corrupted on disk). "
+                    f"Extract it again{_OVERWRITE_HINT}.")
+        notes.append(f"content matches the SHA-256 recorded for {sum(f in recorded for f in files)} files")
+        return notes
+
     @classmethod
     def write(
         cls,
@@ -182,22 +277,23 @@ class FeatureBank:
                     f"{label_name} has shape {np.asarray(values).shape}, expected ({n},)."
                 )
         dims = {k: int(v.shape[1]) for k, v in arrays.items()}
-        writer = BankWriter(
-            path,
-            n=n,
-            dims=dims,
-            has_labels=labels is not None,
-            has_coarse_labels=coarse_labels is not None,
-            fingerprint=None,
-            overwrite=overwrite,
-        )
-        writer.write_rows(
-            0,
-            arrays,
-            labels=None if labels is None else np.asarray(labels),
-            coarse_labels=None if coarse_labels is None else np.asarray(coarse_labels),
-        )
-        return writer.finalize(dict(meta or {}))
+        with lock_bank(path, request=None):
+            writer = BankWriter(
+                path,
+                n=n,
+                dims=dims,
+                has_labels=labels is not None,
+                has_coarse_labels=coarse_labels is not None,
+                fingerprint=None,
+                overwrite=overwrite,
+            )
+            writer.write_rows(
+                0,
+                arrays,
+                labels=None if labels is None else np.asarray(labels),
+                coarse_labels=None if coarse_labels is None else np.asarray(coarse_labels),
+            )
+            return writer.finalize(dict(meta or {}))
 
     # -- contents ----------------------------------------------------------------------------
     @property
@@ -287,15 +383,25 @@ class FeatureBank:
         return f"FeatureBank({str(self.path)!r}, n={self.n}, {where}, layers: {dims})"
 
 
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 class BankWriter:
     """Streams rows of every layer into ``<path>.partial/`` and renames it to ``path`` at the end.
 
     ``fingerprint`` identifies what is being extracted (checkpoint hash, layers, data set,
-    split, transform). A partial directory with the same fingerprint is resumed: the chunks it
-    marked done are not recomputed. With another fingerprint it is discarded.
+    split, transform). A partial directory with the same fingerprint and ``chunk_rows`` (rows per
+    chunk id) is resumed: the chunks it marked done are not recomputed. Otherwise it is discarded.
 
     Several processes may write disjoint rows of one bank (distributed extraction): one creates
     the writer with ``create=True``, the others attach with ``create=False`` after a barrier.
+    The creating process must hold :func:`lock_bank` for ``path`` until :meth:`finalize` returns,
+    so that no other extraction recreates the partial bank under it. Creating reserves the disk
+    space of every array file (:meth:`reserve_space`).
     """
 
     def __init__(
@@ -308,6 +414,7 @@ class BankWriter:
         fingerprint: str | None,
         overwrite: bool = False,
         create: bool = True,
+        chunk_rows: int | None = None,
     ):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
@@ -317,9 +424,11 @@ class BankWriter:
         self.has_coarse_labels = has_coarse_labels
         self.fingerprint = fingerprint
         self.overwrite = overwrite
+        self.chunk_rows = None if chunk_rows is None else int(chunk_rows)
         self.files = {layer: _layer_filename(layer) for layer in self.dims}
         if create:
             self._prepare()
+            self.reserve_space()
         self._arrays = self._open_arrays()
 
     def _spec(self) -> dict:
@@ -329,6 +438,9 @@ class BankWriter:
             "dims": self.dims,
             "labels": self.has_labels,
             "coarse_labels": self.has_coarse_labels,
+            # chunk ids mean row ranges of this size: a partial bank written with another chunk
+            # size cannot be resumed (its done markers would cover the wrong rows)
+            "chunk_rows": self.chunk_rows,
         }
 
     def _prepare(self) -> None:
@@ -347,6 +459,10 @@ class BankWriter:
                 pass
         if self.partial.exists():
             shutil.rmtree(self.partial)
+        needed = self.nbytes()
+        free = free_bytes(_existing_ancestor(self.partial.parent))
+        if free < needed:
+            raise self._no_space(needed, free)
         (self.partial / "done").mkdir(parents=True)
         for layer, file in self.files.items():
             np.lib.format.open_memmap(
@@ -358,6 +474,40 @@ class BankWriter:
                     self.partial / f"{name}.npy", mode="w+", dtype=np.int64, shape=(self.n,)
                 ).flush()
         atomic_write_json(spec_file, self._spec())
+
+    def nbytes(self) -> int:
+        """Bytes the bank's array files take on disk (``.npy`` headers included)."""
+        header = 128  # numpy's header for these shapes (padded to 64 bytes; 128 leaves room)
+        total = sum(header + self.n * dim * 4 for dim in self.dims.values())
+        return total + (header + self.n * 8) * (int(self.has_labels) + int(self.has_coarse_labels))
+
+    def reserve_space(self) -> None:
+        """Reserve the disk blocks of every array file of the partial bank.
+
+        The memory-mapped files are sparse: without this, a disk that fills up during the
+        extraction kills the process with SIGBUS and no message.
+
+        Raises:
+            FeatureBankError: naming the bytes needed and free.
+        """
+        for file in sorted(self.partial.glob("*.npy")):
+            try:
+                preallocate(file)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                keep = bool(self.completed_chunks())
+                if not keep:  # give back what the partial reservation took
+                    shutil.rmtree(self.partial, ignore_errors=True)
+                raise self._no_space(self.nbytes(), free_bytes(_existing_ancestor(self.partial)),
+                                     keep) from None
+
+    def _no_space(self, needed: int, free: int, kept: bool = False) -> FeatureBankError:
+        where = (f" Its finished chunks are kept in {self.partial}: run the same extraction again "
+                 "to resume." if kept else " Nothing was written.")
+        return FeatureBankError(
+            f"Not enough disk space for the feature bank at {self.path}: it needs {_bytes(needed)} "
+            f"and {_bytes(free)} are free on that file system. Free some space, or write the bank elsewhere (--out, out=...).{where}")
 
     def _open_arrays(self) -> dict[str, np.memmap]:
         arrays = {layer: np.load(self.partial / file, mmap_mode="r+") for layer, file in self.files.items()}
@@ -418,6 +568,10 @@ class BankWriter:
         }
         full_meta["labels"] = self.has_labels
         full_meta["coarse_labels"] = self.has_coarse_labels
+        files = list(self.files.values())
+        files += [f"{name}.npy" for name, present in (("labels", self.has_labels),
+                                                       ("coarse_labels", self.has_coarse_labels)) if present]
+        full_meta["sha256"] = {file: sha256_file(self.partial / file) for file in files}
         shutil.rmtree(self.partial / "done", ignore_errors=True)
         (self.partial / "writer.json").unlink(missing_ok=True)
         atomic_write_json(self.partial / "meta.json", full_meta)

@@ -100,3 +100,20 @@ def closest_name(name: str, candidates) -> str:
         if name.lower() in lowered:
             matches = [lowered[name.lower()]]
     return f" Did you mean '{matches[0]}'?" if matches else ""
+
+
+# -- files and folders --------------------------------------------------------------------------
+class OutputPathError(ClusterprobeError):
+    """An output path cannot be written: a read-only folder, a file where a folder belongs..."""
+
+
+class LockedError(ClusterprobeError):
+    """Another process holds the lock of a bank, run or report folder (see ``holder``).
+
+    ``holder`` is what that process wrote into the lock file (``pid``, ``host``, ``since``, plus
+    whatever its caller recorded, e.g. ``request``), or an empty dict if it could not be read.
+    """
+
+    def __init__(self, message: str, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = dict(holder or {})

@@ -9,8 +9,10 @@ every ``world_size``-th chunk of the same bank, and the result equals the single
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .bank import FeatureBank, BankWriter
+from .bank import FeatureBank, BankWriter, lock_bank
 from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .data import DATASETS, LabeledImageDataset, load_dataset
 from . import distributed
@@ -193,8 +195,15 @@ def extract_features(
         extra_meta: more provenance for ``meta.json`` (e.g. run, method, epoch).
 
     Returns:
-        The finished :class:`FeatureBank` (rows in data set order). Under torchrun every rank
+        The finished :class:`FeatureBank` (rows in data set order); its ``reused`` attribute is
+        True when an existing bank was returned without recomputation. Under torchrun every rank
         returns it.
+
+    Two extractions into one ``out`` never mix (:func:`~clusterprobe.bank.lock_bank`): while one
+    writes, another for the same request waits and then reuses its bank; one for a different
+    request is refused (:class:`~clusterprobe.errors.LockedError`). Under torchrun rank 0 holds
+    the lock for all ranks. A bank that is reused is first checked against its ``meta.json``
+    (file shapes, dtypes and sizes); a damaged one is refused (``overwrite`` replaces it).
     """
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
@@ -216,22 +225,51 @@ def extract_features(
     description = _dataset_description(dataset)
     key = _bank_fingerprint(checkpoint_info, specs, description)
     try:
-        existing = _reusable_bank(out, key, overwrite)
+        existing = _reusable_bank(out, key, overwrite)  # a finished bank needs no lock (nor write access)
         if existing is not None:
-            return existing
-        dims = _layer_dims(job, description)
-        writer = _open_writer(job, out, dims, key, overwrite)
-        chunk = batch_size * (chunk_batches or max(1, math.ceil(8192 / batch_size)))
-        nonfinite = _extract_pending_chunks(job, writer, chunk)
-        if check_finite:
-            _refuse_nonfinite(job, writer, nonfinite)
-        distributed.barrier()
-        if env.is_main:
-            writer.finalize(_bank_meta(job, description, checkpoint_info, pre_activation, extra_meta))
-        distributed.barrier()
-        return FeatureBank.open(out)
+            return _mark_reused(existing, True)
+        with _lock_on_rank0(job, out, key) as waited:
+            # Under the lock: the process we waited for may have finished this very bank.
+            existing = _reusable_bank(out, key, overwrite and not waited) if env.is_main else None
+            flag = torch.tensor([int(existing is not None)], device=job.device)
+            if int(distributed.all_reduce_(flag).item()):
+                return _mark_reused(FeatureBank.open(out), True)
+            dims = _layer_dims(job, description)
+            chunk = batch_size * (chunk_batches or max(1, math.ceil(8192 / batch_size)))
+            writer = _open_writer(job, out, dims, key, overwrite, chunk)
+            nonfinite = _extract_pending_chunks(job, writer, chunk)
+            if check_finite:
+                _refuse_nonfinite(job, writer, nonfinite)
+            distributed.barrier()
+            if env.is_main:
+                writer.finalize(_bank_meta(job, description, checkpoint_info, pre_activation, extra_meta))
+            distributed.barrier()
+            return _mark_reused(FeatureBank.open(out), False)
     finally:
         distributed.shutdown(env)
+
+
+def _mark_reused(bank: FeatureBank, reused: bool) -> FeatureBank:
+    bank.reused = reused
+    return bank
+
+
+@contextlib.contextmanager
+def _lock_on_rank0(job: _Extraction, out: Path, key: str):
+    """Rank 0 holds ``out``'s bank lock (the other ranks attach to what it creates); yields
+    whether it had to wait for another process extracting the same bank."""
+    if job.rank != 0:
+        yield False
+        return
+    waited = []
+
+    def say(message: str) -> None:
+        waited.append(message)
+        if job.progress:
+            print(message, file=sys.stderr, flush=True)
+
+    with lock_bank(out, key, say=say):
+        yield bool(waited)
 
 
 def _default_out(source, dataset: Dataset) -> Path:
@@ -294,12 +332,17 @@ def _layer_dims(job: _Extraction, description: Mapping[str, Any]) -> dict[str, i
     return {name: int(value.shape[1]) for name, value in outputs.items()}
 
 
-def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, overwrite: bool) -> BankWriter:
+def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, overwrite: bool,
+                 chunk: int) -> BankWriter:
     """Rank 0 creates (or reopens, to resume) ``out``'s partial bank; the others open it after."""
     coarse = getattr(job.dataset, "coarse_targets", None)
     args = dict(n=len(job.dataset), dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
-                fingerprint=key, overwrite=overwrite)
-    writer = BankWriter(out, create=True, **args) if job.rank == 0 else None
+                fingerprint=key, overwrite=overwrite, chunk_rows=chunk)
+    try:
+        writer = BankWriter(out, create=True, **args) if job.rank == 0 else None
+    except PermissionError as error:  # e.g. a read-only partial bank left by another user
+        raise FeatureBankError(f"Cannot write the feature bank at {out}: {error.filename or out} is "
+                               f"not writable ({error.strerror}). Choose another --out.") from None
     distributed.barrier()
     return writer if writer is not None else BankWriter(out, create=False, **args)
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
+
+from .errors import LockedError, OutputPathError
 
 
 def fsync_directory(path: Path) -> None:
@@ -105,3 +113,142 @@ def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-able description of settings."""
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# -- locks --------------------------------------------------------------------------------------
+def lock_file_of(target: str | os.PathLike) -> Path:
+    """The lock file that guards ``target``: a hidden sibling, ``<parent>/.<name>.lock``.
+
+    It lives beside the target (not inside it) because banks and reports are replaced by a
+    directory rename, and because a run folder must stay empty until the run writes into it.
+    """
+    target = Path(os.path.abspath(target))  # "runs/x/.." and "." have names too
+    return target / ".lock" if not target.name else target.with_name(f".{target.name}.lock")
+
+
+def read_lock_holder(target: str | os.PathLike) -> dict:
+    """What the process holding ``target``'s lock wrote into the lock file ({} if unreadable)."""
+    try:
+        holder = json.loads(lock_file_of(target).read_text())
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def describe_holder(holder: Mapping[str, Any]) -> str:
+    """``"process 1234 on host x (since 2026-...)"`` from a lock file's contents."""
+    if not holder.get("pid"):
+        return "another process"
+    text = f"process {holder['pid']}"
+    if holder.get("host") and holder["host"] != socket.gethostname():
+        text += f" on host {holder['host']}"
+    if holder.get("since"):
+        text += f", since {holder['since']}"
+    return text
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: str | os.PathLike, *, wait: bool | float = False, what: str | None = None,
+                   info: Mapping[str, Any] | None = None, poll_s: float = 0.2) -> Iterator[Path]:
+    """Hold the advisory lock of ``target`` (a bank, run or report folder) for a ``with`` block.
+
+    ``fcntl.flock`` on ``lock_file_of(target)``: the kernel releases it when the holder exits or
+    is killed (SIGKILL included), so a dead process never blocks the next one. The lock file
+    holds the holder's ``pid``, ``host``, ``since`` and ``info`` (:func:`read_lock_holder`); it
+    is removed on release. Advisory: it excludes only processes that take the same lock.
+
+    Args:
+        target: the path being guarded (it need not exist yet; its parent is created).
+        wait: False: refuse at once if the lock is held; True: wait as long as it takes; a
+            number: wait up to that many seconds, then refuse.
+        what: the guarded thing in messages (default: ``str(target)``).
+        info: JSON-able details for contenders (e.g. ``{"request": fingerprint}``).
+
+    Raises:
+        LockedError: held by another process (its ``holder`` attribute: the lock file's contents).
+        OutputPathError: the lock file cannot be created (read-only or missing permissions).
+
+    >>> with exclusive_lock("runs/report", what="the report folder runs/report"):  # doctest: +SKIP
+    ...     write_report()
+    """
+    target = Path(target)
+    what = what or str(target)
+    path = lock_file_of(target)
+    deadline = None if wait is True else time.monotonic() + (0.0 if wait is False else float(wait))
+    while True:
+        fd = _open_lock_file(path, what)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                holder = read_lock_holder(target)
+                raise LockedError(f"{what} is in use by {describe_holder(holder)} (lock file {path}).",
+                                  holder) from None
+            time.sleep(poll_s)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        # The previous holder may have removed the file between our open() and flock(): then
+        # we hold a lock on an orphaned inode and must start again on the current file.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": _dt.datetime.now().isoformat(timespec="seconds"), **dict(info or {})}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record, default=str) + "\n").encode(), 0)
+        yield path
+    finally:
+        try:
+            os.unlink(path)  # while still holding it: a waiter then sees a new inode and retries
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _open_lock_file(path: Path, what: str) -> int:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise OutputPathError(
+            f"Cannot write {what}: {path.parent} is not writable ({error.strerror or error})."
+        ) from None
+
+
+# -- disk space ---------------------------------------------------------------------------------
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes available to this user on the file system holding ``path``."""
+    return shutil.disk_usage(path).free
+
+
+def preallocate(path: str | os.PathLike) -> None:
+    """Reserve disk blocks for the whole of the (possibly sparse) file ``path``.
+
+    Writes through a memory map into a sparse file that meets a full disk kill the process with
+    SIGBUS; after this they cannot. Raises ``OSError(ENOSPC)`` when the space is not there. Where
+    the file system cannot reserve (``posix_fallocate`` missing or unsupported) it does nothing;
+    callers check :func:`free_bytes` beforehand for that case.
+    """
+    allocate = getattr(os, "posix_fallocate", None)
+    if allocate is None:
+        return
+    size = os.path.getsize(path)
+    if size == 0:
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        allocate(fd, 0, size)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise
+    finally:
+        os.close(fd)

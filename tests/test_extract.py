@@ -86,6 +86,22 @@ def test_interrupted_extraction_resumes_from_finished_chunks(own_checkpoint, tmp
     assert not (tmp_path / "bank.partial").exists()
 
 
+def test_resuming_with_another_chunk_size_recomputes_instead_of_leaving_zeros(own_checkpoint, tmp_path):
+    """Done markers are chunk ids: resumed with other chunk sizes, chunk 0 (rows 0-99 when it
+    was written) counted as rows 0-449, and rows 100-449 stayed zero in a 'finished' bank."""
+    path, _, _ = own_checkpoint
+    base = load_dataset("digits", split="test")
+    reference = extract_features(path, base, tmp_path / "reference", batch_size=50, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(path, CountingDataset(base, fail_after=230), tmp_path / "bank", batch_size=50,
+                         chunk_batches=2, progress=False)
+    resumed = CountingDataset(base)
+    bank = extract_features(path, resumed, tmp_path / "bank", batch_size=50, progress=False)
+    assert resumed.reads == 1 + 450  # started again: the old chunks cover other rows
+    for layer in bank.layers:
+        np.testing.assert_array_equal(bank[layer], reference[layer])
+
+
 def test_existing_banks_are_reused_refused_or_overwritten(own_checkpoint, model, tmp_path):
     path, _, _ = own_checkpoint
     data = load_dataset("digits", split="test")

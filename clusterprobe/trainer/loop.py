@@ -3,7 +3,9 @@
 :func:`train` resolves the config and joins torchrun's process group if there is one, then:
 
 1. :func:`prepare_run_directory`: check the output directory (every rank; nothing is written)
-   and find the state to resume from;
+   and find the state to resume from; rank 0 holds the directory's lock
+   (:meth:`~clusterprobe.trainer.run_dir.RunDirectory.lock`) from here to the end, so a second
+   ``train`` into the same ``out`` is refused;
 2. :func:`build_data`: the two-view data set, its per-epoch sampler and the loader;
 3. :func:`build_training`: seed, then the method (networks + loss), the optimiser, the AMP
    scaler and the learning-rate schedule;
@@ -17,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -79,6 +82,9 @@ def train(
     every process calls this; the batch is split over them, BatchNorm and the losses see the
     global batch, and rank 0 writes the run directory.
 
+    A second ``train`` into the same ``config.out`` while this one runs is refused with a
+    :class:`~clusterprobe.errors.RunDirectoryError` naming this process.
+
     Raises:
         TrainConfigError, RunDirectoryError, NonFiniteLossError, CheckpointWriteError (all
         :class:`~clusterprobe.errors.ClusterprobeError`).
@@ -91,7 +97,9 @@ def train(
         config = build_config(config_file=config, resume=resume)
     env = distributed.init_distributed(config.device)
     try:
-        return _train(config, env, resume, overwrite, list(callbacks))
+        # One training process per run directory (rank 0 holds the lock for all ranks).
+        with RunDirectory(config.out).lock() if env.is_main else contextlib.nullcontext():
+            return _train(config, env, resume, overwrite, list(callbacks))
     finally:
         distributed.shutdown(env)
 

@@ -17,16 +17,18 @@ Layout of ``runs/NAME/``:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from ..errors import RunDirectoryError
+from ..errors import LockedError, OutputPathError, RunDirectoryError
+from ..io import describe_holder, exclusive_lock, lock_file_of
 from ..runs import CHECKPOINT_DIR, CONFIG_NAME, LAST_NAME, RunLayout
 from .config import TrainConfig, config_differences, load_saved_config
 
@@ -38,6 +40,17 @@ RUN_ENTRIES = (CONFIG_NAME, CHECKPOINT_DIR, LAST_NAME, "log.csv", "epochs.csv", 
 
 class RunDirectory(RunLayout):
     """A run's paths (:class:`~clusterprobe.runs.RunLayout`) and the checks made before training."""
+
+    def lock(self):
+        """Context manager: be the only process training into this directory.
+
+        An advisory lock (:func:`~clusterprobe.io.exclusive_lock`, on ``.<name>.lock`` beside the
+        directory) that the kernel releases when the process ends, however it ends.
+
+        Raises:
+            RunDirectoryError: another process holds it (the message names its pid).
+        """
+        return _locked_run(self.path)
 
     def holds_run(self) -> bool:
         return self.config_path.exists() or self.checkpoint_dir.exists()
@@ -123,6 +136,23 @@ class RunDirectory(RunLayout):
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+
+
+@contextlib.contextmanager
+def _locked_run(path: Path) -> Iterator[None]:
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_lock(path, wait=False, what=f"the run directory {path}"))
+    except LockedError as error:
+        raise RunDirectoryError(
+            f"Another training process ({describe_holder(error.holder)}) is writing the run "
+            f"directory {path} (lock file {lock_file_of(path)}). Two runs in one directory would "
+            "mix their checkpoints and logs: wait for it to finish (then --resume continues it), "
+            "or choose another --out.") from None
+    except OutputPathError as error:
+        raise RunDirectoryError(f"{error} Choose a writable --out.") from None
+    with stack:
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
