@@ -11,10 +11,18 @@ Known data sets (:data:`DATASETS`):
   75 % train / 25 % test (seed 0).
 
 The evaluation transform is ``ToTensor`` + the data set's ``Normalize`` with no augmentation.
+
+Image files are checked where they are read: an empty class folder, a damaged or non-image file
+and an image whose size differs from the others (with no resize) each raise a
+:class:`~clusterprobe.errors.DatasetError` naming the file or folder and the fix.
+``load_dataset(..., skip_unreadable=True)`` instead reads every image once up front and leaves out
+those that cannot be decoded; they are listed in the data set's ``description["skipped_unreadable"]``
+(and so in a feature bank's meta.json).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from dataclasses import asdict, dataclass
@@ -23,7 +31,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
@@ -92,8 +100,34 @@ class ArrayImages:
         return Image.fromarray(self.array[index])  # 2-D -> "L", (H, W, 3) -> "RGB"
 
 
+#: What a damaged, truncated or non-image file raises while PIL decodes it.
+_IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+SKIP_HINT = "or leave unreadable images out (load_dataset(..., skip_unreadable=True); they are listed in the bank's meta.json)"
+
+
+def _decode(path: str | os.PathLike) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")  # convert() decodes every pixel: truncation shows here
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode the image file ``path`` fully, as RGB.
+
+    Raises:
+        DatasetError: the file is damaged, truncated or not an image; the message names it.
+    """
+    try:
+        return _decode(path)
+    except _IMAGE_READ_ERRORS as error:
+        raise DatasetError(
+            f"Image {path} could not be read ({type(error).__name__}: {error}): the file is damaged, "
+            f"truncated or not an image. Remove or replace it, {SKIP_HINT}."
+        ) from None
+
+
 class FolderImages:
-    """Indexable RGB PIL view of a torchvision ImageFolder's files."""
+    """Indexable RGB PIL view of a torchvision ImageFolder's files (a damaged file is named)."""
 
     def __init__(self, folder: tv_datasets.ImageFolder):
         self.folder = folder
@@ -101,8 +135,11 @@ class FolderImages:
     def __len__(self) -> int:
         return len(self.folder.samples)
 
+    def path(self, index: int) -> str:
+        return self.folder.samples[index][0]
+
     def __getitem__(self, index: int) -> Image.Image:
-        return self.folder.loader(self.folder.samples[index][0]).convert("RGB")
+        return read_image(self.path(index))
 
 
 class LabeledImageDataset(Dataset):
@@ -134,6 +171,9 @@ class LabeledImageDataset(Dataset):
         self.info = info
         self.description = description
         self.transform = transform
+        # (path, (width, height)) of the reference image when the transform keeps image sizes
+        # (evaluation without resize): another size would fail later, unnamed, in torch.stack.
+        self._same_size_as: tuple[str, tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -144,6 +184,15 @@ class LabeledImageDataset(Dataset):
 
     def __getitem__(self, index: int):
         image = self.image(index)
+        if self._same_size_as is not None and image.size != self._same_size_as[1]:
+            reference, (width, height) = self._same_size_as
+            path = self._images.path(index) if isinstance(self._images, FolderImages) else f"sample {index}"
+            raise DatasetError(
+                f"Image {path} is {image.size[0]}x{image.size[1]} pixels but {reference} is "
+                f"{width}x{height}: images of different sizes cannot be batched without a resize. "
+                "Resize and centre-crop every image to NxN: --image-size N (clusterprobe extract and "
+                "train), image_size=N in load_dataset."
+            )
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.targets[index])
@@ -153,6 +202,7 @@ class LabeledImageDataset(Dataset):
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone.transform = transform
+        clone._same_size_as = None  # another transform may resize or crop
         return clone
 
 
@@ -179,6 +229,7 @@ def load_dataset(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     image_size: int | None = None,
+    skip_unreadable: bool = False,
 ) -> LabeledImageDataset:
     """Load a data set split with its evaluation transform (``transform="eval"``), another
     callable, or none (``transform=None``: PIL images).
@@ -186,8 +237,15 @@ def load_dataset(
     ``mean``/``std``/``image_size`` apply to ``imagefolder`` (defaults: ImageNet statistics, no
     resize); for the others they override the data set's own values.
 
+    ``skip_unreadable`` (image files only): decode every image once now and leave out those that
+    cannot be read, listed as ``{"file", "error"}`` in ``description["skipped_unreadable"]``. This
+    costs one full read of the data set; without it a damaged file is reported by name when a
+    batch reaches it.
+
     Raises:
-        DatasetError: unknown name or split, or the data set is not under ``root``.
+        DatasetError: unknown name or split, the data set is not under ``root``, a class folder
+            holds no images, an image cannot be read or (evaluation without ``image_size``) has
+            another size than the first image.
     """
     if name not in DATASETS:
         raise DatasetError(
@@ -208,13 +266,18 @@ def load_dataset(
             dataset = _imagefolder(root, split, mean, std, image_size)
         else:
             dataset = _cifar(name, root, split, download)
+    if skip_unreadable:
+        _skip_unreadable(dataset)
     if (mean or std or image_size) and name != "imagefolder":
         info = dataset.info
         dataset.info = DatasetInfo(info.name, info.num_classes, image_size or info.image_size,
                                    info.channels, tuple(mean or info.mean), tuple(std or info.std))
+    keeps_sizes = transform == "eval" and not image_size  # ToTensor + Normalize: sizes must agree
     if transform == "eval":
         transform = eval_transform(dataset.info, resize=image_size)
     dataset.transform = transform
+    if keeps_sizes and isinstance(dataset._images, FolderImages) and len(dataset):
+        dataset._same_size_as = _first_image_size(dataset._images)
     dataset.description.update(
         {"split": split, "num_classes": dataset.info.num_classes, "n": len(dataset),
          "transform": describe_transform(transform), "info": asdict(dataset.info)}
@@ -246,6 +309,64 @@ def _class_tree(path: Path) -> bool:
     return path.is_dir() and any(child.is_dir() for child in path.iterdir())
 
 
+def _image_folder(path: Path) -> tv_datasets.ImageFolder:
+    """torchvision's ImageFolder of ``path``, with an empty class folder named."""
+    try:
+        return tv_datasets.ImageFolder(str(path))
+    except FileNotFoundError:
+        extensions = tv_datasets.folder.IMG_EXTENSIONS
+        empty = [
+            str(child) for child in sorted(path.iterdir())
+            if child.is_dir() and not any(
+                f.is_file() and f.name.lower().endswith(extensions) for f in child.rglob("*"))
+        ]
+        raise DatasetError(
+            f"Class folder{'s' if len(empty) > 1 else ''} {', '.join(empty) or 'under ' + str(path)} "
+            f"hold{'' if len(empty) > 1 else 's'} no images (files ending in {', '.join(extensions)}): "
+            "a class needs at least one image. Add its images or remove the empty folder."
+        ) from None
+
+
+def _first_image_size(images: FolderImages) -> tuple[str, tuple[int, int]]:
+    """Path and (width, height) of the first image, from its header only."""
+    path = images.path(0)
+    try:
+        with Image.open(path) as image:
+            return path, image.size
+    except _IMAGE_READ_ERRORS:
+        read_image(path)  # raises the DatasetError naming the file
+        raise
+
+
+def _skip_unreadable(dataset: "LabeledImageDataset") -> None:
+    """Leave out the images that cannot be decoded; record them in the description."""
+    skipped: list[dict[str, str]] = []
+    images = dataset._images
+    if isinstance(images, FolderImages):
+        keep = []
+        for index in range(len(images)):
+            try:
+                _decode(images.path(index))
+                keep.append(index)
+            except _IMAGE_READ_ERRORS as error:
+                skipped.append({"file": images.path(index), "error": f"{type(error).__name__}: {error}"})
+        if skipped:
+            folder = copy.copy(images.folder)
+            folder.samples = [folder.samples[i] for i in keep]
+            folder.imgs = folder.samples
+            folder.targets = [folder.targets[i] for i in keep]
+            dataset._images = FolderImages(folder)
+            dataset.targets = dataset.targets[keep]
+            if dataset.coarse_targets is not None:
+                dataset.coarse_targets = dataset.coarse_targets[keep]
+        if not len(dataset):
+            raise DatasetError(
+                f"None of the {len(images)} images under {dataset.description.get('root')} could be read "
+                f"(first: {skipped[0]['file']}: {skipped[0]['error']}): nothing is left to use."
+            )
+    dataset.description["skipped_unreadable"] = skipped
+
+
 def _from_image_folder(folder: tv_datasets.ImageFolder, info: DatasetInfo, description: dict,
                        coarse: np.ndarray | None = None, coarse_classes=None) -> LabeledImageDataset:
     return LabeledImageDataset(
@@ -261,7 +382,7 @@ def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageD
             f"No image folder at {root}: expected class sub-directories ({root}/<class>/*.jpg or "
             f"{root}/{split}/<class>/*.jpg)."
         )
-    folder = tv_datasets.ImageFolder(str(folder_root))
+    folder = _image_folder(folder_root)
     info = DatasetInfo("imagefolder", len(folder.classes), image_size, 3,
                        tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
     return _from_image_folder(folder, info, {"name": "imagefolder", "root": str(folder_root.resolve())})
@@ -275,7 +396,7 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
     description = {"name": name}
     # ImageFolder layout: root/<split>/<class>/ (as in shared CIFAR-10 copies).
     if _class_tree(root / split):
-        folder = tv_datasets.ImageFolder(str(root / split))
+        folder = _image_folder(root / split)
         if len(folder.classes) != num_classes:
             raise DatasetError(
                 f"{root / split} has {len(folder.classes)} class folders; {name} has {num_classes}."
@@ -312,6 +433,20 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
 
 
 def collate_images(batch):
-    """Default collate (kept explicit so DataLoader workers pickle a module-level function)."""
+    """Default collate (kept explicit so DataLoader workers pickle a module-level function).
+
+    Raises:
+        DatasetError: the images have different sizes (the sizes seen are named).
+    """
     images, labels = zip(*batch)
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        counts = {shape: sum(tuple(image.shape) == shape for image in images) for shape in shapes}
+        seen = ", ".join(f"{'x'.join(map(str, shape))} ({count} image{'s' if count > 1 else ''})"
+                         for shape, count in sorted(counts.items()))
+        raise DatasetError(
+            f"The images of one batch have different sizes ({seen}) and cannot be stacked. Resize "
+            "and centre-crop every image to NxN: --image-size N (clusterprobe extract and train), "
+            "image_size=N in load_dataset."
+        )
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)

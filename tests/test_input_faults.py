@@ -1,0 +1,141 @@
+"""Issue 9: bad inputs a user can hand over, each answered by a clear error naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.main import app
+from clusterprobe.data import collate_images, load_dataset
+from clusterprobe.errors import DatasetError
+
+runner = CliRunner()
+
+
+def image_tree(root, sizes=None, per_class=3):
+    """root/<a|b>/<i>.jpg, 8x8 RGB unless ``sizes`` maps a file name to another size."""
+    sizes = sizes or {}
+    for label, color in (("a", 30), ("b", 220)):
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            name = f"{label}/{i}.jpg"
+            Image.new("RGB", sizes.get(name, (8, 8)), (color, 2 * i, 255 - color)).save(root / name)
+    return root
+
+
+@pytest.fixture
+def rgb_checkpoint(tmp_path):
+    """A 3-channel checkpoint (the image-folder data sets are RGB)."""
+    from clusterprobe import save_checkpoint
+
+    from conftest import tiny_model
+
+    path = tmp_path / "run" / "checkpoints" / "epoch_0001.pt"
+    save_checkpoint(path, tiny_model(in_channels=3), epoch=1, step=1, method="simclr", dataset="imagefolder", run="run")
+    return path
+
+
+def extract(checkpoint, root, out, *extra):
+    return runner.invoke(app, ["extract", str(checkpoint), "--dataset", "imagefolder", "--data-root", str(root),
+                               "--layers", "H", "--out", str(out), "--batch-size", "4", *extra])
+
+
+def assert_clean(result, *fragments):
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())  # undo the console's line wrapping
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+
+
+def test_an_empty_class_folder_is_named(tmp_path, rgb_checkpoint):
+    root = image_tree(tmp_path / "data")
+    (root / "c_empty").mkdir()
+    result = extract(rgb_checkpoint, root, tmp_path / "bank")
+    assert_clean(result, f"Class folder {root / 'c_empty'} holds no images", "remove the empty folder")
+    assert not (tmp_path / "bank").exists()
+
+
+def test_a_truncated_jpeg_is_named(tmp_path, rgb_checkpoint):
+    root = image_tree(tmp_path / "data", sizes={"b/1.jpg": (64, 64)}, per_class=3)
+    # a real, noisy JPEG cut in half (a flat one compresses to almost nothing)
+    noise = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(noise).resize((64, 64)).save(root / "b" / "1.jpg", quality=95)
+    whole = (root / "b" / "1.jpg").read_bytes()
+    (root / "b" / "1.jpg").write_bytes(whole[: len(whole) // 2])
+    result = extract(rgb_checkpoint, root, tmp_path / "bank", "--image-size", "8")
+    assert_clean(result, f"Image {root / 'b' / '1.jpg'} could not be read (OSError", "truncated",
+                 "Remove or replace it", "skip_unreadable=True")
+    assert not (tmp_path / "bank").exists()
+
+
+def test_random_bytes_named_jpg_are_named(tmp_path, rgb_checkpoint):
+    root = image_tree(tmp_path / "data")
+    (root / "a" / "1.jpg").write_bytes(np.random.default_rng(1).bytes(500))
+    result = extract(rgb_checkpoint, root, tmp_path / "bank")
+    assert_clean(result, f"Image {root / 'a' / '1.jpg'} could not be read (UnidentifiedImageError")
+
+
+def test_images_of_different_sizes_name_the_file_and_image_size(tmp_path, rgb_checkpoint):
+    root = image_tree(tmp_path / "data", sizes={"b/2.jpg": (12, 10)})
+    result = extract(rgb_checkpoint, root, tmp_path / "bank")
+    assert_clean(result, f"Image {root / 'b' / '2.jpg'} is 12x10 pixels but {root / 'a' / '0.jpg'} is 8x8",
+                 "--image-size N")
+    # the suggested fix works
+    result = extract(rgb_checkpoint, root, tmp_path / "bank", "--image-size", "8")
+    assert result.exit_code == 0, result.output
+    assert "wrote 6 samples" in result.output
+
+
+def test_collate_names_the_sizes_it_saw():
+    batch = [(torch.zeros(3, 8, 8), 0), (torch.zeros(3, 8, 8), 1), (torch.zeros(3, 10, 12), 0)]
+    with pytest.raises(DatasetError, match=r"different sizes \(3x8x8 \(2 images\), 3x10x12 \(1 image\)\).*--image-size N"):
+        collate_images(batch)
+    images, labels = collate_images(batch[:2])
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 1]
+
+
+def test_other_transforms_may_take_images_of_any_size(tmp_path):
+    """The size check belongs to the evaluation transform only (training crops to one size)."""
+    root = image_tree(tmp_path / "data", sizes={"b/2.jpg": (12, 10)})
+    data = load_dataset("imagefolder", root=root, transform=None)
+    assert data[5][0].size == (12, 10)
+    crop = load_dataset("imagefolder", root=root).with_transform(lambda im: torch.zeros(3, 4, 4))
+    assert crop[5][0].shape == (3, 4, 4)
+
+
+def test_skip_unreadable_leaves_them_out_and_lists_them_in_meta_json(tmp_path, rgb_checkpoint):
+    from clusterprobe import extract_features, load_checkpoint
+
+    root = image_tree(tmp_path / "data")
+    (root / "a" / "1.jpg").write_bytes(b"not an image at all")
+    (root / "b" / "0.jpg").write_bytes((root / "b" / "0.jpg").read_bytes()[:40])
+    with pytest.raises(DatasetError, match="could not be read"):
+        [load_dataset("imagefolder", root=root)[i] for i in range(6)]
+    data = load_dataset("imagefolder", root=root, skip_unreadable=True)
+    assert len(data) == 4 and data.targets.tolist() == [0, 0, 1, 1]
+    skipped = data.description["skipped_unreadable"]
+    assert [s["file"] for s in skipped] == [str(root.resolve() / "a" / "1.jpg"), str(root.resolve() / "b" / "0.jpg")]
+    assert skipped[0]["error"].startswith("UnidentifiedImageError") and skipped[1]["error"].startswith("OSError")
+    # the kept samples are the readable files, in order, with their own labels
+    assert [p for p, _ in data._images.folder.samples] == [str(root.resolve() / n) for n in ("a/0.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg")]
+    bank = extract_features(load_checkpoint(rgb_checkpoint), data, tmp_path / "bank", layers=["H"])
+    assert bank.n == 4 and bank.labels.tolist() == [0, 0, 1, 1]
+    meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
+    assert json.dumps(skipped) in json.dumps(meta)
+    # a clean tree records that the check ran and found nothing
+    clean = load_dataset("imagefolder", root=image_tree(tmp_path / "clean"), skip_unreadable=True)
+    assert len(clean) == 6 and clean.description["skipped_unreadable"] == []
+
+
+def test_skip_unreadable_with_nothing_readable_is_refused(tmp_path):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "0.jpg").write_bytes(b"junk")
+    with pytest.raises(DatasetError, match=r"None of the 1 images .* could be read \(first: .*0.jpg: UnidentifiedImageError"):
+        load_dataset("imagefolder", root=root, skip_unreadable=True)
