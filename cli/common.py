@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, TypeVar
@@ -25,11 +26,35 @@ def friendly_errors(function: F) -> F:
         except ClusterprobeError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
+        except OSError as error:
+            message = _os_error_message(error)
+            if message is None:
+                raise
+            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished chunks/epochs are kept; run the same command again to resume.")
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+#: File-system errors a user fixes by choosing another place or freeing space (not our bugs).
+_OS_PROBLEMS = {
+    errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def _os_error_message(error: OSError) -> str | None:
+    """One line for a permission, read-only or full-disk error that no clearer check caught."""
+    problem = _OS_PROBLEMS.get(error.errno)
+    if problem is None:
+        return None
+    where = f" at {error.filename}" if error.filename else ""
+    return (f"{problem}{where}. Check that location's permissions and free space, or write the "
+            "output somewhere else.")
 
 
 def split_list(value: str | None) -> list[str] | None:

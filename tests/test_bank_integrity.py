@@ -244,3 +244,28 @@ def test_a_finished_bank_in_a_read_only_folder_is_still_reused(bank, two_checkpo
     monkeypatch.setattr(os, "open", read_only_open)
     again = plain_bank(two_checkpoints[0], bank.path)
     assert again.reused and again.n == 450
+
+
+def test_cli_turns_a_remaining_permission_or_full_disk_error_into_one_line(tmp_path):
+    import typer
+
+    from cli.common import friendly_errors
+
+    app_ = typer.Typer()
+
+    @app_.command()
+    @friendly_errors
+    def fail(code: int) -> None:
+        raise OSError(code, os.strerror(code), str(tmp_path / "x.csv"))
+
+    @app_.command()
+    def other() -> None:
+        pass
+
+    for code, text in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system"),
+                       (errno.ENOSPC, "no space left on the device")):
+        result = runner.invoke(app_, ["fail", str(code)])
+        assert result.exit_code == 1 and f"{text} at {tmp_path / 'x.csv'}" in result.output
+        assert "Traceback" not in result.output
+    result = runner.invoke(app_, ["fail", str(errno.EIO)])  # not a user's problem: not hidden
+    assert result.exit_code == 1 and isinstance(result.exception, OSError)
