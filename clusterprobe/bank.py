@@ -54,7 +54,7 @@ def _library_version() -> str:
     return __version__
 
 
-_OVERWRITE_HINT = " with --overwrite (overwrite=True) to replace it"
+_OVERWRITE_HINT = " (`clusterprobe extract ... --overwrite`, overwrite=True) to replace it"
 
 
 def _npy_problem(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> str | None:
