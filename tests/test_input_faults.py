@@ -139,3 +139,20 @@ def test_skip_unreadable_with_nothing_readable_is_refused(tmp_path):
     (root / "a" / "0.jpg").write_bytes(b"junk")
     with pytest.raises(DatasetError, match=r"None of the 1 images .* could be read \(first: .*0.jpg: UnidentifiedImageError"):
         load_dataset("imagefolder", root=root, skip_unreadable=True)
+
+
+def test_a_plain_state_dict_with_a_stray_projector_key_is_refused(tmp_path):
+    """Issue 9: projector.9.weight beside a 0..7 head invented P2 (or died later in a matmul)."""
+    from conftest import tiny_model
+
+    state = dict(tiny_model().state_dict())  # projector 0..7, ending in an affine-free BatchNorm
+    torch.save(state, tmp_path / "plain.pt")
+    result = runner.invoke(app, ["layers", str(tmp_path / "plain.pt")])
+    assert result.exit_code == 0 and "P2" not in result.output, result.output
+    for stray in (torch.zeros(32, 32), torch.zeros(5, 3)):
+        torch.save(dict(state, **{"projector.9.weight": stray}), tmp_path / "stray.pt")
+        result = runner.invoke(app, ["extract", str(tmp_path / "stray.pt"), "--dataset", "digits",
+                                     "--out", str(tmp_path / "bank")])
+        assert_clean(result, "Cannot infer the head under 'projector.'",
+                     "do not continue the head: projector.9.weight.", "remove them from the state dict")
+        assert not (tmp_path / "bank").exists()

@@ -90,3 +90,52 @@ def test_bad_architecture_arguments_are_explained():
     config = ModelConfig(width=8, projector=resa_projector(512))
     with pytest.raises(ClusterprobeError, match="expects 512-d input"):
         SSLModel(config)
+
+
+def head_state(*layers):
+    """A flat head's tensors: ('L', in, out) Linear, ('B', dim, affine) BatchNorm, None an activation."""
+    state = {}
+    for i, layer in enumerate(layers):
+        if layer is None:
+            continue
+        if layer[0] == "L":
+            state[f"projector.{i}.weight"] = torch.zeros(layer[2], layer[1])
+        else:
+            state.update({f"projector.{i}.running_mean": torch.zeros(layer[1]),
+                          f"projector.{i}.running_var": torch.ones(layer[1])})
+            if layer[2]:
+                state.update({f"projector.{i}.weight": torch.ones(layer[1]), f"projector.{i}.bias": torch.zeros(layer[1])})
+    return state
+
+
+def test_a_head_is_inferred_as_one_chain():
+    from clusterprobe.models import describe_from_state_dict
+
+    resa = head_state(("L", 16, 8), ("B", 8, True), None, ("L", 8, 4), ("B", 4, False))
+    assert [layer["type"] for layer in describe_from_state_dict(resa, "projector.")] == [
+        "linear", "batchnorm", "relu", "linear", "batchnorm"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    # after an affine-free BN (ReSA's end): a fitting 4x4 Linear used to add a made-up P-layer
+    ({"projector.6.weight": torch.zeros(4, 4)},
+     r"projector.4 is an affine-free BatchNorm, which ends a head, yet layers follow it. .*: projector.6.weight\. If they are stray, remove them"),
+    # a gap of two empty indices
+    ({"projector.4.running_mean": None, "projector.4.running_var": None, "projector.7.weight": torch.zeros(2, 4)},
+     r"projector.4 and projector.5 hold no tensors .*: projector.7.weight\."),
+    # a Linear that does not take the width before it (the matmul that used to fail in extract)
+    ({"projector.4.running_mean": None, "projector.4.running_var": None, "projector.5.weight": torch.zeros(3, 7)},
+     r"projector.5.weight has shape \(3, 7\): it takes 7 inputs but the layer before gives 4"),
+])
+def test_stray_head_keys_are_refused_by_name(extra, message):
+    from clusterprobe.errors import ArchitectureMismatchError
+    from clusterprobe.models import describe_from_state_dict
+
+    state = head_state(("L", 16, 8), ("B", 8, True), None, ("L", 8, 4), ("B", 4, False))
+    for key, value in extra.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    with pytest.raises(ArchitectureMismatchError, match=message):
+        describe_from_state_dict(state, "projector.")

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..errors import ClusterprobeError
+from ..errors import ArchitectureMismatchError, ClusterprobeError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -116,7 +116,48 @@ def describe_from_state_dict(
                 "Linear nor a BatchNorm1d layer."
             )
     # A trailing activation has no tensors and no later index: heads end in Linear or BN.
+    _check_chain(description, indices, prefix)
     return description
+
+
+def _check_chain(description: Sequence[Mapping], indices: Mapping[int, Mapping[str, torch.Tensor]],
+                 prefix: str) -> None:
+    """Refuse an inferred head that is not one chain of layers, naming the keys that break it.
+
+    A stray key (``projector.9.weight`` beside a 0..7 head) would otherwise invent layers: an
+    activation for each empty index before it and a Linear that fails later in a matmul, or, worse,
+    one that fits and adds a made-up P-layer. A head is a chain: no two activations in a row, each
+    Linear and BatchNorm taking the width the layer before gives, and nothing after an affine-free
+    BatchNorm (the output normalisation that ends a head, as in ReSA).
+    """
+    width: int | None = None
+    for i, layer in enumerate(description):
+        reason = None
+        previous = description[i - 1] if i > 0 else {"type": None}
+        if previous["type"] == "batchnorm" and not previous["affine"]:
+            reason = (f"{prefix}{i - 1} is an affine-free BatchNorm, which ends a head, yet "
+                      f"layers follow it")
+        elif layer["type"] in ACTIVATIONS:
+            if previous["type"] in ACTIVATIONS:
+                reason = f"{prefix}{i - 1} and {prefix}{i} hold no tensors (a gap in the layer indices)"
+        elif layer["type"] == "linear":
+            if width is not None and layer["in"] != width:
+                reason = (f"{prefix}{i}.weight has shape {tuple(indices[i]['weight'].shape)}: it takes "
+                          f"{layer['in']} inputs but the layer before gives {width}")
+            width = layer["out"]
+        elif layer["type"] == "batchnorm":
+            if width is not None and layer["dim"] != width:
+                reason = (f"{prefix}{i} is a BatchNorm of {layer['dim']} features but the layer "
+                          f"before gives {width}")
+        if reason is not None:
+            start = i + 1 if layer["type"] in ACTIVATIONS else i
+            stray = [f"{prefix}{j}.{name}" for j in sorted(indices) if j >= start for name in sorted(indices[j])]
+            raise ArchitectureMismatchError(
+                f"Cannot infer the head under {prefix!r}: {reason}. The keys from there on do not "
+                f"continue the head: {', '.join(stray)}. If they are stray, remove them from the "
+                "state dict and save it again; if the head really is built this way, save the "
+                "model with clusterprobe.save_checkpoint, which records its architecture."
+            )
 
 
 def head_dims(description: Sequence[Mapping]) -> tuple[int, int]:
