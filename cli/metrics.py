@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -131,7 +132,9 @@ def metrics(
         probe=probe, knn=knn, knn_k=knn_k, silhouette_sample_size=sample_size, device=device,
     )
     err = Console(stderr=True)
-    with err.status("computing metrics ...") as status:
+    with err.status("computing metrics ...") as status, warnings.catch_warnings():
+        # said once below, in the command's own words
+        warnings.filterwarnings("ignore", message="Could not write the metrics cache")
         frame = evaluate(
             source, settings, train=train, layers=split_list(layers), splits=split_list(splits),
             epochs=[int(e) for e in split_list(epochs)] if epochs else None, cache=cache,
@@ -144,7 +147,11 @@ def metrics(
     skipped = frame[frame["note"] != ""].drop_duplicates(["layer", "split", "unit", "note"])
     for row in skipped.itertuples():
         out.print(f"[yellow]{row.unit}[/] ({row.layer}, {row.split}): {row.note}", highlight=False)
-    if frame.attrs.get("cache"):
+    if frame.attrs.get("cache_error"):
+        out.print(f"[yellow]not cached:[/] {frame.attrs['cache_error']}; the values above were computed "
+                  "but will be computed again next time (make its folder writable; --no-cache skips the cache)",
+                  highlight=False, soft_wrap=True)
+    elif frame.attrs.get("cache"):
         out.print(f"cached in {frame.attrs['cache']}", highlight=False, soft_wrap=True)
     if output is not None:
         _write(frame, output)

@@ -118,3 +118,52 @@ def test_a_bank_without_an_epoch_prints_its_table(app, tmp_path):
     assert "NMI" in result.output and "linear@1" in result.output
     table = pd.read_csv(tmp_path / "bank.metrics.csv")
     assert table["epoch"].isna().all() and set(table["metric"]) == {"nmi", "linear_top1"}
+
+
+def test_a_read_only_bank_says_it_could_not_cache(app, tmp_path, monkeypatch):
+    """Issue 9: on a read-only bank, metrics printed 'cached in ...' though nothing was written."""
+    import errno
+    import os
+
+    import numpy as np
+
+    from clusterprobe import FeatureBank
+    from clusterprobe.metrics import evaluate
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    X = (rng.normal(size=(300, 8)) + 3 * y[:, None]).astype("float32")
+    folder = tmp_path / "readonly"
+    FeatureBank.write(folder / "bank", features={"H": X}, labels=y, meta={"epoch": 2})
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):  # the tests run as root: chmod would not stop it
+        if str(path).startswith(str(folder)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    cache = folder / "bank.metrics.csv"
+    result = runner.invoke(app, ["metrics", str(folder / "bank"), "--metrics", "nmi"], env=WIDE)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "cached in" not in text and "NMI" in text
+    assert f"not cached: {cache} could not be written (Read-only file system)" in text
+    assert "--no-cache" in text and "Could not write the metrics cache" not in text  # said once, by the command
+    assert not cache.exists()
+    # the library records it too, and warns
+    with pytest.warns(UserWarning, match="Could not write the metrics cache"):
+        frame = evaluate(folder / "bank", metrics="nmi")
+    assert frame.attrs["cache_error"] == f"{cache} could not be written (Read-only file system)"
+    monkeypatch.undo()
+    frame = evaluate(folder / "bank", metrics="nmi")
+    assert frame.attrs["cache_error"] is None and frame.attrs["cache"] == str(cache) and cache.exists()
+    assert set(pd.read_csv(cache)["metric"]) == {"nmi"}
+
+
+def test_cache_save_returns_whether_it_wrote(tmp_path):
+    from clusterprobe.metrics.cache import MetricsCache
+
+    assert MetricsCache(None).save() is False
+    cache = MetricsCache(tmp_path / "m.csv")
+    assert cache.save() is False and not (tmp_path / "m.csv").exists()  # nothing new

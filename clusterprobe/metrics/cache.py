@@ -83,13 +83,15 @@ class MetricsCache:
         for row in self._read():
             self._index.setdefault(_lookup_key(row), []).append(row)
         self.new: list[MetricRow] = []
+        #: Why the last save could not write the file (None: it wrote, or had nothing to write).
+        self.error: str | None = None
 
     def _read(self) -> list[MetricRow]:
         if self.path is None or not self.path.exists():
             return []
         try:
             frame = pd.read_csv(self.path, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
             warnings.warn(f"Ignoring the unreadable metrics cache {self.path} ({exc}); it will be rewritten.")
             return []
         if not set(COLUMNS) <= set(frame.columns):
@@ -108,10 +110,14 @@ class MetricsCache:
         for row in rows:
             self._index.setdefault(_lookup_key(row), []).append(row)
 
-    def save(self) -> None:
-        """Merge new rows into the file (re-read first), dropping rows they supersede."""
+    def save(self) -> bool:
+        """Merge new rows into the file (re-read first), dropping rows they supersede.
+
+        Returns whether the file was written. When it cannot be (a read-only folder, a full
+        disk), the rows stay unsaved, :attr:`error` says why and a warning is issued.
+        """
         if self.path is None or not self.new:
-            return
+            return False
         existing = self._read()
         replaced = {_row_key(r) for r in self.new}
         current = {_data_key(r): r.data_id for r in self.new}
@@ -124,5 +130,10 @@ class MetricsCache:
         try:
             atomic_write(self.path, lambda f: f.write(text), mode="w")
         except OSError as exc:
+            self.error = f"{self.path} could not be written ({exc.strerror or exc})"
             warnings.warn(f"Could not write the metrics cache {self.path} ({exc}); results are not cached.")
+            self.new = []
+            return False
+        self.error = None
         self.new = []
+        return True

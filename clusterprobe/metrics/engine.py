@@ -282,7 +282,7 @@ class _LayerJob:
 
 
 def _evaluate_group(group: Group, settings: MetricSettings, layers, cache: MetricsCache, recompute: bool,
-                    progress: Progress | None) -> list[MetricRow]:
+                    progress: Progress | None, cache_errors: list[str]) -> list[MetricRow]:
     """Rows of every requested metric for every layer of one group, saving the cache per layer."""
     units = [UNITS[name] for name in settings.metrics]
     split_units = [u for u in units if not u.pair]
@@ -303,7 +303,8 @@ def _evaluate_group(group: Group, settings: MetricSettings, layers, cache: Metri
                 rows += job.split_rows(split, split_units)
         if pair_units:
             rows += job.pair_rows(pair_units)
-        cache.save()
+        if not cache.save() and cache.error and cache.error not in cache_errors:
+            cache_errors.append(cache.error)
     return rows
 
 
@@ -340,15 +341,18 @@ def evaluate_groups(
     ``progress`` None or a callable receiving one message per step. Returns the tidy table.
     """
     cache = MetricsCache(cache_path)
+    cache_errors: list[str] = []
     rows: list[MetricRow] = []
     layer_order: list[str] = []
     split_order: list[str] = []
     for group in groups:
-        rows += _evaluate_group(group, settings, layers, cache, recompute, progress)
+        rows += _evaluate_group(group, settings, layers, cache, recompute, progress, cache_errors)
         roles = [group.train_split, group.eval_split, *group.splits]
         split_order = list(dict.fromkeys(split_order + [s for s in roles if s]))
         for split in group.splits.values():
             layer_order = list(dict.fromkeys(layer_order + split.layers))
     frame = _finish(rows, layer_order, split_order)
     frame.attrs["cache"] = None if cache_path is None else str(cache_path)
+    # why new rows could not be saved (None: everything computed is in the cache file)
+    frame.attrs["cache_error"] = cache_errors[0] if cache_errors else None
     return frame
