@@ -181,7 +181,8 @@ def read_checkpoint_file(path: str | Path, trust: bool = False) -> Any:
         raise UnsafeCheckpointError(
             f"{path} cannot be loaded safely: it stores Python objects beyond tensors and plain "
             f"values{what}, and unpickling them can run arbitrary code. Load it only if you trust "
-            "its source, with trust=True (command line: --trust)."
+            "its source, with trust=True (load_checkpoint; on the command line `clusterprobe "
+            "extract` and `clusterprobe layers` take --trust)."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         raise CheckpointError(

@@ -177,6 +177,8 @@ def test_raw_pickle_is_refused_with_only_our_message(tmp_path, recwarn):
     path = tmp_path / "raw.pt"
     with open(path, "wb") as handle:
         pickle.dump({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, handle, protocol=4)
-    with pytest.raises(UnsafeCheckpointError, match="trust=True"):
+    with pytest.raises(UnsafeCheckpointError, match="trust=True") as error:
         load_checkpoint(path)
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    # names the commands that have --trust (report and train do not)
+    assert "on the command line `clusterprobe extract` and `clusterprobe layers` take --trust" in str(error.value)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
-from ..errors import ClusterprobeError, ReportError
+from ..errors import ClusterprobeError, FeatureBankError, ReportError, UnsafeCheckpointError
 from ..extract import extract_features
 from ..io import atomic_write
 from ..runs import RunLayout
@@ -132,6 +132,10 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     from ..metrics import evaluate
 
     epochs = _epochs_to_report(run, settings)
+    if not epochs:
+        warnings.append(f"run {run.name} skipped: it has none of the requested epochs "
+                        f"({_epoch_list(settings.epochs or ())}); its epochs are {_epoch_list(run.epochs)}")
+        return None
     try:
         dataset_name, data = _datasets_for(run, settings, data_cache)
     except ClusterprobeError as error:
@@ -141,7 +145,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     layout = RunLayout(_cache_root(run, out))
     other_dataset = None if dataset_name == (run.dataset or dataset_name) else dataset_name
     reference: tuple[int, str] | None = None
-    done_epochs, test_bank = [], None
+    done_epochs, failed_epochs, test_bank = [], [], None
     for position, epoch in enumerate(epochs):
         progress.describe(f"{run.name} epoch {epoch}")
         try:
@@ -162,19 +166,47 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
             ) for split, dataset in data.items()}
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
-            warnings.append(f"run {run.name}, epoch {epoch} skipped: {error}")
+            warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch, other_dataset)}")
+            failed_epochs.append(epoch)
         else:
             done_epochs.append(epoch)
             test_bank = banks["test"].path
         progress.advance()
     if not done_epochs:
-        warnings.append(f"run {run.name} skipped: none of its checkpoints could be read")
+        if settings.epochs is None:
+            warnings.append(f"run {run.name} skipped: none of its checkpoints could be analysed "
+                            f"(epochs {_epoch_list(failed_epochs)} failed, reasons above)")
+        else:
+            warnings.append(f"run {run.name} skipped: the requested epochs "
+                            f"{_epoch_list(settings.epochs)} could not be analysed (epochs "
+                            f"{_epoch_list(failed_epochs)} of this run failed, reasons above; it has "
+                            f"epochs {_epoch_list(run.epochs)})")
         return None
     overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
     table = evaluate(layout.path, epochs=done_epochs, splits=None, **overrides).copy()
     table["run"] = run.name
     table["method"] = run.method or table["method"]
     return table, test_bank
+
+
+def _epoch_list(epochs) -> str:
+    return ", ".join(str(e) for e in epochs) or "none"
+
+
+def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayout, split_of: dict,
+                    epoch: int, other: str | None) -> str:
+    """``error`` with the fix the report offers: the library's messages name ``--trust`` and
+    ``--overwrite`` of ``clusterprobe extract``, which the report does not have."""
+    if isinstance(error, UnsafeCheckpointError):
+        return (f"{checkpoint} stores Python objects beyond tensors, and unpickling them can run "
+                "arbitrary code; the report reads checkpoints only in the safe weights-only mode, so "
+                "it skips this one. If you trust the file, analyse it with `clusterprobe extract "
+                f"{checkpoint} --trust` and `clusterprobe metrics` instead.")
+    if isinstance(error, FeatureBankError):
+        banks = " and ".join(str(layout.bank_path(split, epoch, other)) for split in split_of)
+        return (f"{error} (The report keeps its banks in {banks}: delete the damaged or different "
+                "bank folder and run the report again to rebuild it.)")
+    return str(error)
 
 
 def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:

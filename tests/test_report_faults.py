@@ -1,0 +1,89 @@
+"""Issue 9: `clusterprobe report` on runs it cannot fully analyse says what happened, in its own terms."""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from clusterprobe import save_checkpoint
+
+from conftest import tiny_model
+
+runner = CliRunner()
+FAST = ["--no-umap", "--seeds", "2", "--layers", "H"]
+
+
+def make_run(folder, epochs, seed=0):
+    for epoch in epochs:
+        save_checkpoint(folder / "checkpoints" / f"epoch_{epoch:04d}.pt", tiny_model(seed=seed + epoch),
+                        epoch=epoch, method="resa", dataset="digits", run=folder.name)
+    (folder / "config.yaml").write_text("method: resa\ndataset: digits\n")
+
+
+def output(result) -> str:
+    return " ".join(result.output.split())  # undo the console's line wrapping
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    make_run(root / "good", [0, 1])
+    make_run(root / "bad", [0, 1], seed=5)
+    (root / "bad" / "checkpoints" / "epoch_0001.pt").write_bytes(b"PK\x03\x04 truncated")
+    with open(root / "bad" / "checkpoints" / "epoch_0000.pt", "wb") as handle:  # a raw pickle
+        pickle.dump({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, handle, protocol=4)
+    return root
+
+
+def test_only_the_requested_epochs_failed(runs, tmp_path):
+    result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "r1"), "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    assert "run bad skipped: the requested epochs 1 could not be analysed (epochs 1 of this run failed, " \
+           "reasons above; it has epochs 0, 1)" in text
+    assert "none of its checkpoints could be read" not in text
+    assert f"run bad, epoch 1 skipped: {runs / 'bad' / 'checkpoints' / 'epoch_0001.pt'} is truncated or corrupt" in text
+
+
+def test_a_requested_epoch_the_run_does_not_have(runs, tmp_path):
+    result = runner.invoke(app, ["report", str(runs / "good"), "--out", str(tmp_path / "r2"), "--epochs", "5", *FAST])
+    assert result.exit_code == 1
+    assert "run good skipped: it has none of the requested epochs (5); its epochs are 0, 1" in output(result)
+
+
+def test_report_never_suggests_trust_or_overwrite_for_itself(runs, tmp_path):
+    result = runner.invoke(app, ["report", str(runs), "--out", str(tmp_path / "r3"), *FAST])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    raw = runs / "bad" / "checkpoints" / "epoch_0000.pt"
+    assert (f"run bad, epoch 0 skipped: {raw} stores Python objects beyond tensors, and unpickling them can "
+            "run arbitrary code; the report reads checkpoints only in the safe weights-only mode, so it skips "
+            f"this one. If you trust the file, analyse it with `clusterprobe extract {raw} --trust`") in text
+    assert "trust=True" not in text and "(command line: --trust)" not in text
+    assert "run bad skipped: none of its checkpoints could be analysed (epochs 0, 1 failed, reasons above)" in text
+
+
+def test_a_different_bank_in_the_report_cache_says_how_the_report_rebuilds_it(tmp_path):
+    import numpy as np
+
+    from clusterprobe import FeatureBank
+
+    make_run(tmp_path / "runs" / "one", [0, 1])
+    bank = tmp_path / "runs" / "one" / "features" / "test" / "epoch_0001"
+    FeatureBank.write(bank, features={"H": np.zeros((4, 2), "float32")}, labels=np.arange(4))
+    result = runner.invoke(app, ["report", str(tmp_path / "runs"), *FAST])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    assert "run one, epoch 1 skipped:" in text and "already holds a different feature bank" in text
+    assert (f"The report keeps its banks in {tmp_path / 'runs' / 'one' / 'features' / 'train' / 'epoch_0001'} and "
+            f"{bank}: delete the damaged or different bank folder and run the report again to rebuild it.") in text
+    import shutil
+
+    shutil.rmtree(bank)
+    result = runner.invoke(app, ["report", str(tmp_path / "runs"), *FAST])
+    assert result.exit_code == 0 and "skipped" not in result.output, result.output
+    assert FeatureBank.open(bank).n == 450
