@@ -195,3 +195,20 @@ def test_building_blocks_raise_train_config_errors():
     with pytest.raises(TrainConfigError, match=r"Unknown view recipe 'strong'; use one of resa, asymmetric"):
         two_view_transform("strong", 32, (0.5,), (0.5,))
     assert issubclass(TrainConfigError, ValueError)
+
+
+def test_a_warm_up_longer_than_the_run_is_refused_by_the_cli(tmp_path, monkeypatch):
+    """Issue 9: `--warmup-epochs 5 --epochs 1` was accepted silently (the LR never reached its peak)."""
+    monkeypatch.setattr(train_package, "train", lambda *a, **k: pytest.fail("must be refused before training"))
+    result = CliRunner().invoke(_cli(), ["train", "--method", "resa", "--dataset", "digits", "--epochs", "1",
+                                         "--warmup-epochs", "5", "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    assert ("warmup_epochs 5 is longer than the run (1 epochs): the learning rate would never reach its peak. "
+            "Use fewer warm-up epochs or more epochs.") in text
+    assert not (tmp_path / "run").exists()
+    # as long as the run is fine; the automatic default stays min(method default, epochs / 10)
+    assert build_config({**TINY, "epochs": 1, "warmup_epochs": 1, "out": str(tmp_path / "a")}).warmup_epochs == 1
+    assert build_config({**TINY, "epochs": 5, "out": str(tmp_path / "b")}).warmup_epochs == 0.5  # resa: 2
+    assert build_config({**TINY, "epochs": 100, "out": str(tmp_path / "c")}).warmup_epochs == 2.0
+    assert build_config({"method": "byol", "dataset": "digits", "epochs": 1000, "out": str(tmp_path / "d")}).warmup_epochs == 10.0
