@@ -87,3 +87,18 @@ def test_a_different_bank_in_the_report_cache_says_how_the_report_rebuilds_it(tm
     result = runner.invoke(app, ["report", str(tmp_path / "runs"), *FAST])
     assert result.exit_code == 0 and "skipped" not in result.output, result.output
     assert FeatureBank.open(bank).n == 450
+
+
+def test_report_names_a_run_without_checkpoints_and_a_file_given_for_a_folder(tmp_path):
+    make_run(tmp_path / "runs" / "good", [0])
+    (tmp_path / "runs" / "lost").mkdir()
+    (tmp_path / "runs" / "lost" / "config.yaml").write_text("method: byol\ndataset: digits\n")
+    result = runner.invoke(app, ["report", str(tmp_path / "runs"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert (f"warning: run lost ({tmp_path / 'runs' / 'lost'}) has a config.yaml but no checkpoints/ "
+            "folder: skipped") in output(result)
+    checkpoint = tmp_path / "runs" / "good" / "checkpoints" / "epoch_0000.pt"
+    result = runner.invoke(app, ["report", str(checkpoint)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{checkpoint} is a file; the report takes a folder of runs" in output(result)
+    assert "does not exist" not in result.output
