@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -156,3 +157,23 @@ def test_a_plain_state_dict_with_a_stray_projector_key_is_refused(tmp_path):
         assert_clean(result, "Cannot infer the head under 'projector.'",
                      "do not continue the head: projector.9.weight.", "remove them from the state dict")
         assert not (tmp_path / "bank").exists()
+
+
+def test_a_raw_pickle_prints_only_our_refusal(tmp_path):
+    """Issue 9: torch's pickle-protocol UserWarning printed before our clear error (a real process:
+    pytest would record the warning instead of printing it)."""
+    import argparse
+    import pickle
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    path = tmp_path / "raw.pt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, handle, protocol=4)
+    done = subprocess.run([sys.executable, "-m", "cli.main", "extract", str(path), "--out", str(tmp_path / "bank")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "400"})
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1 and f"{path} cannot be loaded safely" in text and "take --trust" in text, text
+    assert "Warning" not in text and "pickle protocol" not in text and "Traceback" not in text, text
