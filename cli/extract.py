@@ -37,6 +37,7 @@ def extract(
     pre_activation: bool = typer.Option(False, "--pre-activation", help="Tap P0, P1, ... before the activation instead of after it."),
     args_json: Optional[Path] = typer.Option(None, "--args-json", help="solo-learn's args.json, if not beside the checkpoint."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize + center-crop images to this size (imagefolder)."),
+    skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Leave out images that cannot be decoded (listed in the bank's meta.json)."),
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
     from clusterprobe.checkpoints import load_checkpoint
@@ -44,7 +45,7 @@ def extract(
 
     loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
     data = checkpoint_dataset(loaded, dataset, split=split, root=data_root, download=download,
-                              image_size=image_size)
+                              image_size=image_size, skip_unreadable=skip_unreadable)
     bank = extract_features(
         loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
         num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation,

@@ -103,7 +103,8 @@ class ArrayImages:
 #: What a damaged, truncated or non-image file raises while PIL decodes it.
 _IMAGE_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError)
 
-SKIP_HINT = "or leave unreadable images out (load_dataset(..., skip_unreadable=True); they are listed in the bank's meta.json)"
+SKIP_HINT = ("or leave unreadable images out (clusterprobe extract --skip-unreadable; "
+             "load_dataset(..., skip_unreadable=True)); they are listed in the bank's meta.json")
 
 
 def _decode(path: str | os.PathLike) -> Image.Image:

@@ -177,3 +177,15 @@ def test_a_raw_pickle_prints_only_our_refusal(tmp_path):
     text = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 1 and f"{path} cannot be loaded safely" in text and "take --trust" in text, text
     assert "Warning" not in text and "pickle protocol" not in text and "Traceback" not in text, text
+
+
+def test_cli_extract_skip_unreadable(tmp_path, rgb_checkpoint):
+    """The command line offers what the error suggests: --skip-unreadable."""
+    root = image_tree(tmp_path / "data")
+    (root / "a" / "1.jpg").write_bytes(b"not an image at all")
+    assert_clean(extract(rgb_checkpoint, root, tmp_path / "refused"), "could not be read", "--skip-unreadable")
+    result = extract(rgb_checkpoint, root, tmp_path / "bank", "--skip-unreadable")
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
+    assert meta["n"] == 5
+    assert [s["file"] for s in meta["dataset"]["skipped_unreadable"]] == [str(root.resolve() / "a" / "1.jpg")]
