@@ -434,3 +434,17 @@ def test_the_trainer_has_no_command_line_back_door():
     offenders = [str(path.relative_to(REPO)) for path in sorted((REPO / "clusterprobe").rglob("*.py"))
                  if importing_cli.search(path.read_text())]
     assert offenders == []
+
+
+def test_resume_from_a_pickled_file_names_the_problem_without_trust(tmp_path):
+    """Issue 9: `train --resume` on a file that needs unpickling suggested --trust, which train lacks."""
+    import argparse
+
+    from clusterprobe.errors import TrainingError
+
+    config = tiny(tmp_path, epochs=1)
+    run = Path(train(config))
+    torch.save({"epoch": 1, "args": argparse.Namespace(lr=0.1)}, run / "checkpoints" / "epoch_0001.pt")
+    with pytest.raises(TrainingError, match="not written by clusterprobe train") as caught:
+        train(config, resume=True)
+    assert "--trust" not in str(caught.value) and "trust=True" not in str(caught.value)

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint_file, save_checkpoint
 from ..data import DatasetInfo, load_dataset
-from ..errors import CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError
+from ..errors import (CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError,
+                      UnsafeCheckpointError)
 from .. import distributed
 from .config import TrainConfig, build_config, save_config
 from .loading import EpochSampler, SeededViews, build_loader, loader_settings, subset_indices
@@ -250,7 +251,12 @@ def start_or_resume(config: TrainConfig, env: distributed.DistributedEnv, run: R
 
 def _restore(path: Path, training: Training) -> tuple[int, int]:
     """Load a checkpoint's models and resume state; returns (epoch, step) to continue from."""
-    raw = read_checkpoint_file(path)  # weights_only=True
+    try:
+        raw = read_checkpoint_file(path)  # weights_only=True
+    except UnsafeCheckpointError:
+        raise TrainingError(f"{path} stores Python objects beyond tensors and plain values: it was not "
+                            "written by clusterprobe train, so the run cannot resume from it. Start "
+                            "the run again with --overwrite, or remove that file.") from None
     state = raw.get("train_state")
     if not state:
         raise TrainingError(f"{path} holds no training state (it was not written by the trainer); "
