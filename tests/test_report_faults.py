@@ -102,3 +102,18 @@ def test_report_names_a_run_without_checkpoints_and_a_file_given_for_a_folder(tm
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{checkpoint} is a file; the report takes a folder of runs" in output(result)
     assert "does not exist" not in result.output
+
+
+def test_a_second_report_into_the_same_folder_is_refused(tmp_path):
+    """Issue 9: two reports over one folder ended in a FileNotFoundError traceback."""
+    from clusterprobe.errors import LockedError
+    from clusterprobe.io import exclusive_lock
+    from clusterprobe.report import build_report
+
+    runs = tmp_path / "runs"
+    (runs / "r" / "checkpoints").mkdir(parents=True)
+    (runs / "r" / "checkpoints" / "epoch_0001.pt").write_bytes(b"")  # discovery only needs the name
+    with exclusive_lock(runs / "report", what="the report folder"):  # another report is running
+        with pytest.raises(LockedError, match=r"report folder .*report"):
+            build_report(runs, progress=False)
+    assert not (runs / "report").exists()

@@ -14,6 +14,7 @@ theirs in ``<out>/cache/<run>/``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
 from ..errors import ClusterprobeError, FeatureBankError, ReportError, UnsafeCheckpointError
 from ..extract import extract_features
-from ..io import atomic_write
+from ..io import atomic_write, exclusive_lock
 from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
 from .figures import (fine_vs_coarse_figure, layer_comparison_figure, save_figure,
@@ -264,13 +265,16 @@ def build_report(
 
     Raises:
         ReportError: no run was found, or none could be analysed (the reasons are listed).
+        LockedError: another process is writing a report into ``out``.
     """
     settings = settings or ReportSettings()
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
     runs, warnings = _runs_to_report(runs_dir, out)
-    bar = _Progress(sum(len(_epochs_to_report(run, settings)) for run in runs), progress)
-    try:
+    total = sum(len(_epochs_to_report(run, settings)) for run in runs)
+    # one report at a time per output folder: two would interleave figures, tables and caches
+    with exclusive_lock(out, wait=False, what=f"the report folder {out}"), \
+            _closing(_Progress(total, progress)) as bar:
         table, test_banks = _analyse_runs(runs, settings, out, bar, warnings)
         analysed = [run for run in runs if run.name in set(table["run"])]
         bar.describe("figures")
@@ -278,9 +282,15 @@ def build_report(
         metrics_csv = out / "metrics.csv"
         atomic_write(metrics_csv, lambda f: table.to_csv(f, index=False), mode="w")
         index = _write_page(out, runs_dir, settings, table, analysed, entries, warnings, metrics_csv)
+    return ReportResult(index, metrics_csv, table, figures, warnings)
+
+
+@contextlib.contextmanager
+def _closing(bar: _Progress):
+    try:
+        yield bar
     finally:
         bar.close()
-    return ReportResult(index, metrics_csv, table, figures, warnings)
 
 
 def _runs_to_report(runs_dir: Path, out: Path) -> tuple[list[Run], list[str]]:
