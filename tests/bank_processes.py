@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -96,3 +97,18 @@ def two_checkpoints(tmp_path):
 def plain_bank(ckpt: Path, out: Path, **kwargs) -> FeatureBank:
     return extract_features(ckpt, load_dataset("digits", split="test"), out, layers=["H", "Z"],
                             batch_size=50, progress=False, **kwargs)
+
+
+def read_only_folder(target: Path, monkeypatch) -> Path:
+    """Make ``target`` and make every write under it fail as on a read-only file system (root
+    ignores chmod, so ``os.open`` is patched instead)."""
+    target.mkdir()
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(target)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only_open)
+    return target

@@ -26,7 +26,7 @@ from clusterprobe.extract import extract_features
 from clusterprobe.io import exclusive_lock, lock_file_of, read_lock_holder
 
 from bank_processes import (EXTRACT_SCRIPT, HOLD_SCRIPT, child_env, hold_lock, kill, outcome, plain_bank,  # noqa: F401
-                             start_extraction, two_checkpoints)
+                             read_only_folder, start_extraction, two_checkpoints)
 from conftest import REPO, tiny_model
 
 runner = CliRunner()
@@ -127,16 +127,7 @@ def test_layer_files_are_preallocated_not_sparse(tmp_path):
 
 # -- read-only output ---------------------------------------------------------------------------
 def test_a_read_only_output_folder_is_a_clear_error(two_checkpoints, tmp_path, monkeypatch):
-    target = tmp_path / "readonly"
-    target.mkdir()
-    real_open = os.open
-
-    def read_only_open(path, flags, *args, **kwargs):
-        if str(path).startswith(str(target)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only_open)
+    target = read_only_folder(tmp_path / "readonly", monkeypatch)
     with pytest.raises(OutputPathError, match=rf"Cannot write the feature bank {target / 'bank'}: "
                                               rf"{target} is not writable \(Read-only file system\).*--out"):
         plain_bank(two_checkpoints[0], target / "bank")

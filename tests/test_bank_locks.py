@@ -26,7 +26,7 @@ from clusterprobe.extract import extract_features
 from clusterprobe.io import exclusive_lock, lock_file_of, read_lock_holder
 
 from bank_processes import (EXTRACT_SCRIPT, HOLD_SCRIPT, child_env, hold_lock, kill, outcome, plain_bank,  # noqa: F401
-                             start_extraction, two_checkpoints)
+                             read_only_folder, start_extraction, two_checkpoints)
 from conftest import REPO, tiny_model
 
 runner = CliRunner()
@@ -143,16 +143,7 @@ def test_a_second_train_into_the_same_run_directory_is_refused(tmp_path):
 def test_train_into_a_read_only_folder_is_a_clear_error(tmp_path, monkeypatch):
     from clusterprobe.trainer import TrainConfig, train
 
-    target = tmp_path / "readonly"
-    target.mkdir()
-    real_open = os.open
-
-    def read_only_open(path, flags, *args, **kwargs):
-        if str(path).startswith(str(target)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", read_only_open)
+    target = read_only_folder(tmp_path / "readonly", monkeypatch)
     config = TrainConfig(method="resa", dataset="digits", epochs=1, batch_size=32, width=4,
                          projector_dims=[32, 32, 16], limit_train=64, out=str(target / "run"), progress=False)
     with pytest.raises(RunDirectoryError, match=rf"Cannot write the run directory {target / 'run'}: {target} "

@@ -111,16 +111,12 @@ def _compute_split_units(work: _SplitWork, units: list[tuple[Unit, _Context]]) -
     n = work.X.shape[0]
     if "rankme" in by_name:
         rows.append(by_name["rankme"].row("rankme", spectra._rankme(work.X), n=n, normalize=False))
-    agreement = [name for name in clustering.AGREEMENT if name in by_name]
-    if agreement:
-        scores = clustering._agreement(work.labels, work.kmeans, agreement)
-        for name in agreement:
-            mean, std = scores[name]
-            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k)))
-    validity = [name for name in clustering.LABEL_FREE if name in by_name]
-    if validity:
-        scores = clustering._validity(work.X, work.kmeans, validity)
-        for name in validity:
+    # k-means scores against the classes (nmi, ari, cluster_acc) and label-free ones (db, ch)
+    for family, score in ((clustering.AGREEMENT, lambda names: clustering._agreement(work.labels, work.kmeans, names)),
+                          (clustering.LABEL_FREE, lambda names: clustering._validity(work.X, work.kmeans, names))):
+        names = [name for name in family if name in by_name]
+        scores = score(names) if names else {}
+        for name in names:
             mean, std = scores[name]
             rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k)))
     if "silhouette_true" in by_name or "silhouette_kmeans" in by_name:
