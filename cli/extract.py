@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +11,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import friendly_errors, split_list
+from .common import console, friendly_errors, split_list
+
+BRANCH_OPTION = typer.Option(None, "--branch", help="online, momentum, teacher or student (teacher = momentum, student = online; default: the branch the method's own evaluation uses, e.g. ReSA momentum, DINO teacher, MoCo v3 base encoder).")
+STEM_PADDING_OPTION = typer.Option(None, "--stem-padding", help="Zero padding of a 3x3 CIFAR stem, for files that do not record it (default 2, as ReSA and solo-learn).")
+HEAD_ACTIVATION_OPTION = typer.Option(None, "--head-activation", help="relu or gelu: the projector's activation, for files that do not determine it (default relu).")
+VIT_HEADS_OPTION = typer.Option(None, "--vit-heads", help="Attention heads of a ViT whose file does not name its architecture (default embed_dim / 64).")
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +36,11 @@ def extract(
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
     num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
-    momentum: Optional[bool] = typer.Option(None, "--momentum/--online", help="Take the momentum (EMA) or online branch (default: the checkpoint's own choice)."),
+    branch: Optional[str] = BRANCH_OPTION,
     trust: bool = typer.Option(False, "--trust", help="Allow full unpickling of the checkpoint (runs code from the file: trusted files only)."),
+    stem_padding: Optional[int] = STEM_PADDING_OPTION,
+    head_activation: Optional[str] = HEAD_ACTIVATION_OPTION,
+    vit_heads: Optional[int] = VIT_HEADS_OPTION,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a different bank already at --out."),
     download: bool = typer.Option(False, "--download", help="Download CIFAR if it is not under --data-root."),
     pre_activation: bool = typer.Option(False, "--pre-activation", help="Tap P0, P1, ... before the activation instead of after it."),
@@ -40,10 +49,10 @@ def extract(
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Leave out images that cannot be decoded (listed in the bank's meta.json)."),
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
-    from clusterprobe.checkpoints import load_checkpoint
     from clusterprobe.extract import checkpoint_dataset, extract_features
 
-    loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
+    loaded = _load(checkpoint, branch=branch, trust=trust, args_json=args_json, stem_padding=stem_padding,
+                   head_activation=head_activation, vit_heads=vit_heads)
     data = checkpoint_dataset(loaded, dataset, split=split, root=data_root, download=download,
                               image_size=image_size, skip_unreadable=skip_unreadable)
     bank = extract_features(
@@ -78,24 +87,57 @@ def verify(
 @friendly_errors
 def layers(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file."),
-    momentum: Optional[bool] = typer.Option(None, "--momentum/--online"),
+    branch: Optional[str] = BRANCH_OPTION,
     trust: bool = typer.Option(False, "--trust", help="Allow full unpickling (trusted files only)."),
-    args_json: Optional[Path] = typer.Option(None, "--args-json"),
+    args_json: Optional[Path] = typer.Option(None, "--args-json", help="solo-learn's args.json, if not beside the checkpoint."),
+    stem_padding: Optional[int] = STEM_PADDING_OPTION,
+    head_activation: Optional[str] = HEAD_ACTIVATION_OPTION,
+    vit_heads: Optional[int] = VIT_HEADS_OPTION,
 ) -> None:
-    """List the layers a checkpoint offers (H, P0, ..., Z with their dims and modules)."""
-    from clusterprobe.checkpoints import load_checkpoint
-
-    loaded = load_checkpoint(checkpoint, momentum=momentum, trust=trust, args_json=args_json)
+    """Show what a checkpoint is: format, branch, stem, each layer's module and dim, and any assumption."""
+    loaded = _load(checkpoint, branch=branch, trust=trust, args_json=args_json, stem_padding=stem_padding,
+                   head_activation=head_activation, vit_heads=vit_heads, warn=False)
     model = loaded.model
+    others = [b for b in loaded.branches if b != loaded.branch]
     typer.echo(f"{checkpoint}: {loaded.format} checkpoint, {loaded.branch} branch"
+               + (f" (also: {', '.join(others)})" if others else "")
                + (f", epoch {loaded.epoch}" if loaded.epoch is not None else "")
                + (f", method {loaded.method}" if loaded.method else ""))
     table = Table()
     table.add_column("layer")
     table.add_column("dim", justify="right")
     table.add_column("module")
+    table.add_column("what")
     for name, dim in model.layer_dims().items():
-        table.add_row(name, str(dim), model.resolve_layer(name).module)
+        spec = model.resolve_layer(name)
+        what = {"H": "encoder output (pooled)", "Z": loaded.z or "projector output"}.get(
+            name, "projector hidden layer, after its activation")
+        table.add_row(name, str(dim), spec.module, what)
     Console().print(table)
-    stages = ", ".join(f"backbone.{n}" for n, _ in model.backbone.named_children() if n.startswith("layer"))
-    typer.echo(f"Any module path is a layer too, e.g. {stages}.")
+    for fact in loaded.facts:
+        typer.echo(f"  {fact}")
+    if loaded.assumptions:
+        typer.echo("Assumed (the file does not say; recorded in every bank extracted from it):")
+        for assumption in loaded.assumptions:
+            typer.echo(f"  - {assumption}")
+    else:
+        typer.echo("Assumed: nothing; the file and its format determine the whole architecture.")
+    stages = model.stage_paths()
+    typer.echo(f"Any module path is a layer too, e.g. {', '.join(stages[:4])}{', ...' if len(stages) > 4 else ''}.")
+
+
+def _load(checkpoint: Path, *, warn: bool = True, **options):
+    """load_checkpoint, printing its assumptions as one-line warnings instead of Python's format."""
+    from clusterprobe.checkpoints import load_checkpoint
+    from clusterprobe.errors import AssumptionWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumptionWarning)
+        loaded = load_checkpoint(checkpoint, **options)
+    for warning in caught:
+        if issubclass(warning.category, AssumptionWarning):
+            if warn:
+                console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         backbone: Optional[str] = typer.Option(None, help="resnet18, resnet34 or resnet50."),
         width: Optional[int] = typer.Option(None, help="First-stage width (64 = standard ResNet; 8-16 trains on a CPU)."),
         cifar_stem: Optional[bool] = typer.Option(None, "--cifar-stem/--no-cifar-stem", help="3x3 stride-1 stem, no max-pool (default: on for images <= 64 px)."),
-        stem_padding: Optional[int] = typer.Option(None, help="Padding of the CIFAR stem (1: ReSA, 2: solo-learn)."),
+        stem_padding: Optional[int] = typer.Option(None, help="Zero padding of the CIFAR stem (default 2: the ReSA reference code and solo-learn; 1 rebuilds runs of earlier versions)."),
         projector_dims: Optional[str] = typer.Option(None, help="Projector hidden and output sizes, e.g. 2048,2048,512."),
         predictor_dims: Optional[str] = typer.Option(None, help="Predictor sizes (e.g. 2048,512 for ReSA's ImageNet variant), or none."),
         optimizer: Optional[str] = typer.Option(None, help="sgd or lars (default: the method's recipe)."),

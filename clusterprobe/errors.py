@@ -117,3 +117,12 @@ class LockedError(ClusterprobeError):
     def __init__(self, message: str, holder: dict | None = None):
         super().__init__(message)
         self.holder = dict(holder or {})
+
+
+# -- warnings -----------------------------------------------------------------------------------
+class AssumptionWarning(UserWarning):
+    """A checkpoint did not determine part of the architecture, and a documented default was used.
+
+    The assumption is also recorded in the loaded checkpoint (``LoadedCheckpoint.assumptions``) and
+    in every feature bank extracted from it; the warning names the option that settles it.
+    """

@@ -43,7 +43,8 @@ class LayerCapture:
     torch.Size([batch, 512])
 
     Outputs are detached float32 copies (torchvision's in-place ReLU would otherwise change a
-    captured tensor after the hook); 4-D maps are average-pooled over space when ``spec.pool``.
+    captured tensor after the hook); 4-D maps are average-pooled over space when ``spec.pool``, and
+    a transformer block's tokens reduced to the class token (or their mean) per ``spec.tokens``.
     """
 
     def __init__(self, model: nn.Module, specs: Sequence[LayerSpec]):
@@ -59,6 +60,8 @@ class LayerCapture:
             value = output.detach()
             if value.ndim == 4 and spec.pool:
                 value = value.float().mean(dim=(2, 3))  # a new tensor: safe from in-place ops
+            elif value.ndim == 3 and spec.tokens is not None:  # transformer tokens (B, N, D)
+                value = value[:, 0].float().clone() if spec.tokens == "cls" else value.float().mean(dim=1)
             else:
                 value = value.flatten(1).float().clone()
             self.outputs[spec.name] = value

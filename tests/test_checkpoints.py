@@ -1,4 +1,5 @@
 import argparse
+import datetime
 import json
 
 import pytest
@@ -23,7 +24,7 @@ def test_own_checkpoint_round_trip_with_branches(own_checkpoint):
     assert loaded.format == "clusterprobe" and loaded.branch == "momentum"  # recorded default
     assert (loaded.epoch, loaded.step, loaded.method, loaded.dataset) == (3, 30, "resa", "digits")
     same_outputs(loaded.model, momentum, X1)
-    same_outputs(load_checkpoint(path, momentum=False).model, online, X1)
+    same_outputs(load_checkpoint(path, branch="online").model, online, X1)
     assert len(loaded.sha256) == 64 and not loaded.model.training
 
 
@@ -31,7 +32,7 @@ def test_own_checkpoint_without_momentum_branch(tmp_path, model):
     path = save_checkpoint(tmp_path / "c.pt", model, epoch=1, method="simclr")
     assert load_checkpoint(path).branch == "online"
     with pytest.raises(CheckpointError, match="no momentum branch"):
-        load_checkpoint(path, momentum=True)
+        load_checkpoint(path, branch="momentum")
 
 
 def test_solo_learn_checkpoint(solo_checkpoint):
@@ -41,7 +42,7 @@ def test_solo_learn_checkpoint(solo_checkpoint):
     assert loaded.model.backbone.conv1.padding == (2, 2)  # solo-learn's CIFAR stem
     assert loaded.model.layer_dims() == {"H": 512, "P0": 64, "P1": 64, "Z": 32}
     same_outputs(loaded.model, online, X3)
-    same_outputs(load_checkpoint(path, momentum=True).model, momentum, X3)
+    same_outputs(load_checkpoint(path, branch="momentum").model, momentum, X3)
 
 
 def test_solo_learn_flat_args_json_and_prefixes(tmp_path, solo_checkpoint):
@@ -127,11 +128,21 @@ def test_unknown_format_names_the_known_ones(tmp_path):
 def test_pickled_objects_are_refused_unless_trusted(solo_checkpoint):
     path, online, _ = solo_checkpoint
     raw = torch.load(path, weights_only=True)
-    raw["hyper_parameters"] = argparse.Namespace(lr=0.1)
+    raw["hyper_parameters"] = datetime.timedelta(days=1)  # any class beyond plain values
     torch.save(raw, path)
     with pytest.raises(UnsafeCheckpointError, match="trust=True"):
         load_checkpoint(path)
     same_outputs(load_checkpoint(path, trust=True).model, online, X3)
+
+
+def test_argparse_namespace_is_read_without_trust(solo_checkpoint):
+    # DINO and many training scripts store their arguments as a Namespace: restoring one only
+    # sets attributes, so it needs no trust.
+    path, online, _ = solo_checkpoint
+    raw = torch.load(path, weights_only=True)
+    raw["hyper_parameters"] = argparse.Namespace(lr=0.1)
+    torch.save(raw, path)
+    same_outputs(load_checkpoint(path).model, online, X3)
 
 
 def test_solo_learn_checkpoint_needs_its_args_json(solo_checkpoint):
@@ -167,7 +178,7 @@ def test_momentum_branch_may_lack_the_online_predictor(tmp_path):
     path = save_checkpoint(tmp_path / "byol.pt", online, epoch=2, method="byol", momentum_model=momentum)
     assert load_checkpoint(path).model.predictor is None  # momentum branch by default
     same_outputs(load_checkpoint(path).model, momentum, X1)
-    assert load_checkpoint(path, momentum=False).model.predictor is not None
+    assert load_checkpoint(path, branch="online").model.predictor is not None
 
 
 def test_raw_pickle_is_refused_with_only_our_message(tmp_path, recwarn):

@@ -11,7 +11,7 @@ def test_layers_lists_names_dims_and_modules(own_checkpoint):
     path, _, _ = own_checkpoint
     result = runner.invoke(app, ["layers", str(path)])
     assert result.exit_code == 0, result.output
-    for row in ("H", "64", "projector.2", "projector.5", "Z", "32", "momentum branch, epoch 3", "backbone.layer3"):
+    for row in ("H", "64", "projector.2", "projector.5", "Z", "32", "momentum branch (also: online), epoch 3", "backbone.layer3", "Assumed: nothing"):
         assert row in result.output
 
 

@@ -9,10 +9,17 @@ from clusterprobe.models import ModelConfig, ResNetBackbone, SSLModel, resa_proj
 
 
 def test_resa_architecture_matches_the_specification():
-    model = build_model("resnet18")  # CIFAR defaults: 3x3 stem, padding 1, no max-pool
+    model = build_model("resnet18").eval()  # CIFAR defaults: 3x3 stem, padding 2, no max-pool
     assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
-    assert model.backbone.conv1.padding == (1, 1)
+    assert model.backbone.conv1.padding == (2, 2)
     assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    # resa.md: 32x32 input -> 34x34 after the stem -> layer4 maps 5x5
+    shapes = []
+    handle = model.backbone.layer4.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[2:])))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    assert shapes == [(5, 5)]
     assert model.layer_dims() == {"H": 512, "P0": 2048, "P1": 2048, "Z": 512}
     kinds = [type(m).__name__ for m in model.projector]
     assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear", "BatchNorm1d"]

@@ -46,8 +46,9 @@ class ResNetBackbone(ResNet):
             A width of 8-16 trains on a CPU.
         cifar_stem: replace the 7x7/stride-2 stem and max-pool by a 3x3/stride-1 convolution and
             no max-pool, as for 32x32 images.
-        stem_padding: padding of the CIFAR stem's 3x3 convolution (1 in the ReSA reference code,
-            2 in solo-learn).
+        stem_padding: zero padding of the CIFAR stem's 3x3 convolution: 2 as in the ReSA
+            reference code (a 1-pixel pad before a padding-1 conv) and solo-learn; 1 in
+            checkpoints of earlier clusterprobe versions.
         in_channels: image channels.
         zero_init_residual: torchvision's option (last BN of each block starts at zero).
 
@@ -59,7 +60,7 @@ class ResNetBackbone(ResNet):
         name: str = "resnet18",
         width: int = 64,
         cifar_stem: bool = False,
-        stem_padding: int = 1,
+        stem_padding: int = 2,
         in_channels: int = 3,
         zero_init_residual: bool = False,
     ):

@@ -31,6 +31,11 @@ _HIDDEN = re.compile(r"^P(\d+)$")
 class ModelConfig:
     """Everything needed to rebuild a model's architecture; plain data only (checkpoint-safe).
 
+    ``backbone`` is a ResNet name (``resnet18``/``34``/``50``, shaped by ``width``,
+    ``cifar_stem``, ``stem_padding`` and ``in_channels``) or ``vit``, a Vision Transformer
+    described by the ``vit`` options (see :class:`clusterprobe.models.vit.ViTBackbone`).
+    ``stem_padding`` is the CIFAR stem's effective zero padding: 2 in the ReSA reference code and
+    solo-learn (the default); checkpoints of earlier versions record 1 and rebuild with it.
     ``projector`` and ``predictor`` are layer descriptions (see
     :func:`clusterprobe.models.heads.mlp_description`); None means no such head.
     """
@@ -38,10 +43,11 @@ class ModelConfig:
     backbone: str = "resnet18"
     width: int = 64
     cifar_stem: bool = True
-    stem_padding: int = 1
+    stem_padding: int = 2
     in_channels: int = 3
     projector: list[dict] | None = None
     predictor: list[dict] | None = None
+    vit: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -61,17 +67,22 @@ class ModelConfig:
 class LayerSpec:
     """Where a named layer is tapped: the output of ``module`` (a path inside :class:`SSLModel`).
 
-    ``pool`` average-pools 4-D (B, C, H, W) outputs over space; ``pre_activation`` records that a
-    hidden projector layer was tapped before its activation.
+    ``pool`` average-pools 4-D (B, C, H, W) outputs over space; ``tokens`` reduces 3-D
+    (B, tokens, D) transformer outputs to the class token (``cls``) or the token mean (``mean``);
+    ``pre_activation`` records that a hidden projector layer was tapped before its activation.
     """
 
     name: str
     module: str
     pool: bool = True
     pre_activation: bool = False
+    tokens: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["tokens"] is None:  # banks written before ViT support record no such field
+            del data["tokens"]
+        return data
 
 
 class SSLModel(nn.Module):
@@ -84,13 +95,7 @@ class SSLModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.backbone = ResNetBackbone(
-            config.backbone,
-            width=config.width,
-            cifar_stem=config.cifar_stem,
-            stem_padding=config.stem_padding,
-            in_channels=config.in_channels,
-        )
+        self.backbone = build_backbone(config)
         self.projector = build_sequential(config.projector) if config.projector else None
         self.predictor = build_sequential(config.predictor) if config.predictor else None
         if self.projector is not None:
@@ -177,12 +182,38 @@ class SSLModel(nn.Module):
             return LayerSpec(name, f"projector.{taps[index]}", pre_activation=pre_activation)
         modules = dict(self.named_modules())
         if name in modules and name:
-            return LayerSpec(name, name)
-        suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 1]
+            tokens = None
+            if self.config.backbone == "vit" and name.startswith("backbone."):
+                tokens = "cls" if self.config.vit.get("class_token", True) else "mean"
+            return LayerSpec(name, name, tokens=tokens)
+        suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 2]
         raise LayerError(
             f"Unknown layer {name!r}. This model offers {', '.join(self.layer_names())}, or any "
-            f"module path such as backbone.layer3.{closest_name(name, suggestions)}"
+            f"module path such as {self.stage_paths()[-2]}.{closest_name(name, suggestions)}"
         )
+
+    def stage_paths(self) -> list[str]:
+        """Module paths of the encoder's stages (ResNet ``backbone.layer1``..., ViT ``backbone.blocks.0``...)."""
+        if self.config.backbone == "vit":
+            return [f"backbone.blocks.{i}" for i in range(len(self.backbone.blocks))]
+        return [f"backbone.{n}" for n, _ in self.backbone.named_children() if n.startswith("layer")]
+
+
+def build_backbone(config: ModelConfig) -> nn.Module:
+    """The encoder a config describes: a :class:`ResNetBackbone` or a ViT (timm, imported lazily)."""
+    if config.backbone == "vit":
+        if not config.vit:
+            raise ClusterprobeError("A 'vit' backbone needs its options in ModelConfig.vit.")
+        from .vit import ViTBackbone
+
+        return ViTBackbone(config.vit)
+    return ResNetBackbone(
+        config.backbone,
+        width=config.width,
+        cifar_stem=config.cifar_stem,
+        stem_padding=config.stem_padding,
+        in_channels=config.in_channels,
+    )
 
 
 def resa_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 512) -> list[dict]:
@@ -194,7 +225,7 @@ def build_model(
     backbone: str = "resnet18",
     width: int = 64,
     cifar_stem: bool = True,
-    stem_padding: int = 1,
+    stem_padding: int = 2,
     in_channels: int = 3,
     projector_dims: Sequence[int] | None = (2048, 2048, 512),
     projector_last_batch_norm: bool = True,

@@ -95,7 +95,8 @@ class TrainConfig:
     (imagefolder; others use the data set's size).
 
     Model: ``backbone`` (resnet18/34/50), ``width`` (first-stage channels, 64 = standard),
-    ``cifar_stem`` (None: on for images <= 64 px), ``stem_padding`` (1: ReSA; 2: solo-learn),
+    ``cifar_stem`` (None: on for images <= 64 px), ``stem_padding`` (the CIFAR stem's zero
+    padding: 2 as in the ReSA reference code and solo-learn; runs of earlier versions record 1),
     ``projector_dims`` (hidden sizes and output size), ``projector_batch_norm``,
     ``projector_last_batch_norm``, ``predictor_dims`` (ReSA's ImageNet option: [2048, 512]).
 
@@ -124,7 +125,7 @@ class TrainConfig:
     backbone: str = "resnet18"
     width: int = 64
     cifar_stem: bool | None = None
-    stem_padding: int = 1
+    stem_padding: int = 2
     projector_dims: list[int] | None = None
     projector_batch_norm: bool | None = None
     projector_last_batch_norm: bool | None = None
