@@ -301,6 +301,10 @@ def _bank_fingerprint(checkpoint_info: Mapping[str, Any], specs: Sequence[LayerS
     """What makes two banks the same: the weights, the layer definitions and the data."""
     checkpoint = ({k: checkpoint_info.get(k) for k in ("sha256", "branch", "path")}
                   if checkpoint_info.get("sha256") else dict(checkpoint_info))
+    if checkpoint_info.get("format") not in (None, "clusterprobe"):
+        # A foreign file's architecture also depends on options (stem padding, head activation,
+        # ViT heads): the same file rebuilt differently is a different bank.
+        checkpoint["model_config"] = checkpoint_info.get("model_config")
     return fingerprint({"checkpoint": checkpoint, "layers": [s.to_dict() for s in specs],
                         "dataset": dict(description)})
 

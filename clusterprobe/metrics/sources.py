@@ -199,7 +199,7 @@ def check_pair(train: SplitData, test: SplitData, layers: Sequence[str]) -> None
     """Refuse train/test data that do not belong together.
 
     Checks, where both sides record them: the checkpoint (sha256, else path and epoch), the
-    branch (online/momentum), the data set, the set of layers, each layer's definition and
+    branch (online/momentum), the architecture it was rebuilt as, the data set, the set of layers, each layer's definition and
     dimension. Raises :class:`MetricsError` naming the difference and the fix.
     """
     ck_a, ck_b = train.checkpoint(), test.checkpoint()
@@ -211,6 +211,13 @@ def check_pair(train: SplitData, test: SplitData, layers: Sequence[str]) -> None
                 f"{ck_a[key]!r} in {train.name}, {ck_b[key]!r} in {test.name}). Probes need both "
                 "splits extracted from the same checkpoint: extract the other split again from it."
             )
+    if _differs(ck_a, ck_b, "model_config"):
+        raise MetricsError(
+            f"The train and test features come from the same checkpoint rebuilt as different "
+            f"architectures (model config {ck_a['model_config']} in {train.name}, "
+            f"{ck_b['model_config']} in {test.name}): they were extracted with different "
+            "--stem-padding/--head-activation/--vit-heads. Extract both splits with the same options."
+        )
     ds_a, ds_b = train.dataset().get("name"), test.dataset().get("name")
     if ds_a and ds_b and str(ds_a).lower() != str(ds_b).lower():
         raise MetricsError(
