@@ -212,3 +212,13 @@ def test_a_warm_up_longer_than_the_run_is_refused_by_the_cli(tmp_path, monkeypat
     assert build_config({**TINY, "epochs": 5, "out": str(tmp_path / "b")}).warmup_epochs == 0.5  # resa: 2
     assert build_config({**TINY, "epochs": 100, "out": str(tmp_path / "c")}).warmup_epochs == 2.0
     assert build_config({"method": "byol", "dataset": "digits", "epochs": 1000, "out": str(tmp_path / "d")}).warmup_epochs == 10.0
+
+
+def test_cifar_stems_default_to_padding_2_and_earlier_runs_keep_their_padding_1(tmp_path):
+    # ../shared/docs/resa.md: the ReSA reference network's effective stem padding is 2 (a 1-pixel
+    # pad before a padding-1 conv), as in solo-learn. Runs written by earlier versions saved 1.
+    assert build_config({"out": str(tmp_path / "new")}).stem_padding == 2
+    for name in ("resa_cifar10.yaml", "resa_cifar100.yaml"):
+        assert yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())["stem_padding"] == 2
+    old = write_run(tmp_path / "old", stem_padding=1)
+    assert build_config({"out": str(old), "epochs": 4}, resume=True).stem_padding == 1
