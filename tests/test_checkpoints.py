@@ -193,3 +193,13 @@ def test_raw_pickle_is_refused_with_only_our_message(tmp_path, recwarn):
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
     # names the commands that have --trust (report and train do not)
     assert "on the command line `clusterprobe extract` and `clusterprobe layers` take --trust" in str(error.value)
+
+
+def test_solo_learn_before_1_0_called_the_backbone_encoder(solo_checkpoint):
+    path, online, momentum = solo_checkpoint
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"] = {k.replace("backbone.", "encoder."): v for k, v in raw["state_dict"].items()}
+    assert any(k.startswith("momentum_encoder.") for k in raw["state_dict"])
+    torch.save(raw, path)
+    same_outputs(load_checkpoint(path).model, online, X3)
+    same_outputs(load_checkpoint(path, branch="momentum").model, momentum, X3)
