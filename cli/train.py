@@ -119,8 +119,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"--crop-scale takes two numbers, e.g. 0.2,1.0; got {crop_scale!r}.")
         if option:
             given["options"] = _options(option)
-        if quiet:
-            given["progress"] = False
+        given["progress"] = not quiet  # a runtime choice of this command, not the saved run's
 
         resolved = build_config(given, config_file=config, resume=resume)
         try:

@@ -133,7 +133,9 @@ def test_cli_and_library_resolve_the_same_resumed_config(tmp_path, monkeypatch):
     run = write_run(tmp_path / "run", seed=7, options={"temperature": 0.3})
     from_cli, kwargs = cli_resolved(monkeypatch, ["--out", str(run), "--resume", "--log-every", "2",
                                                   "-o", "transposed=true"])
-    from_library = build_config({"out": str(run), "log_every": 2, "options": {"transposed": True}}, resume=True)
+    # the command shows progress unless --quiet, whatever the saved run had
+    from_library = build_config({"out": str(run), "log_every": 2, "options": {"transposed": True},
+                                 "progress": True}, resume=True)
     assert from_cli == from_library
     assert from_cli.seed == 7 and from_cli.options["temperature"] == 0.3 and from_cli.options["transposed"] is True
     assert kwargs == {"resume": True, "overwrite": False}
@@ -174,10 +176,10 @@ def test_resume_refuses_changed_training_fields_from_both(tmp_path):
     run = write_run(tmp_path / "run")
     shutil.copy(run / "config.yaml", tmp_path / "saved.yaml")
     (run / "checkpoints").mkdir()
-    with pytest.raises(RunDirectoryError, match=r"these fields differ \(saved -> now\): epochs: 2 -> 5"):
-        train({"out": str(run), "epochs": 5}, resume=True)
-    result = CliRunner().invoke(_cli(), ["train", "--out", str(run), "--epochs", "5", "--resume", "--quiet"])
-    assert result.exit_code == 1 and "epochs: 2 -> 5" in result.output
+    with pytest.raises(RunDirectoryError, match=r"these fields differ \(saved -> now\): seed: 0 -> 5"):
+        train({"out": str(run), "seed": 5}, resume=True)
+    result = CliRunner().invoke(_cli(), ["train", "--out", str(run), "--epochs", "1", "--resume", "--quiet"])
+    assert result.exit_code == 1 and "epochs: 2 -> 1 (a run can be extended to more epochs, not shortened" in result.output
     # a complete TrainConfig is compared as it is: every default that differs is refused
     with pytest.raises(RunDirectoryError, match=r"width: 4 -> 64"):
         train(TrainConfig(method="resa", dataset="digits", out=str(run), epochs=2), resume=True)
@@ -222,3 +224,33 @@ def test_cifar_stems_default_to_padding_2_and_earlier_runs_keep_their_padding_1(
         assert yaml.safe_load((Path(__file__).parents[1] / "configs" / name).read_text())["stem_padding"] == 2
     old = write_run(tmp_path / "old", stem_padding=1)
     assert build_config({"out": str(old), "epochs": 4}, resume=True).stem_padding == 1
+
+
+def test_a_finished_run_extends_to_more_epochs_with_its_schedules_recomputed(tmp_path):
+    from clusterprobe.trainer.schedules import WarmupCosineSchedule
+
+    run = tmp_path / "run"
+    train({**TINY, "out": str(run), "log_every": 1})
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    assert sorted(before) == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
+
+    result = CliRunner().invoke(_cli(), ["train", "--out", str(run), "--epochs", "3", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "extending the run from 2 to 3 epochs" in result.output
+    assert yaml.safe_load((run / "config.yaml").read_text())["epochs"] == 3
+    after = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    assert {name: after[name] for name in before} == before  # earlier epochs untouched
+    final = torch.load(run / "checkpoints" / "epoch_0003.pt", weights_only=True)
+    assert (final["epoch"], final["step"]) == (3, 6)  # 64 images / batch 32 = 2 steps per epoch
+
+    # The learning rate of the added steps follows the schedule over 3 epochs (6 steps).
+    config = build_config({"out": str(run)}, resume=True)
+    schedule = WarmupCosineSchedule(config.scaled_lr(), 6, round(config.warmup_epochs * 2),
+                                    config.scaled_lr() * config.lr_floor)
+    import csv
+
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    logged = {int(r["step"]): float(r["lr"]) for r in rows}
+    assert len(logged) == 6
+    for step in (5, 6):
+        assert logged[step] == pytest.approx(schedule(step - 1), rel=1e-5), (step, logged)  # CSV: 6 digits

@@ -290,7 +290,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    import clusterprobe.checkpoints as checkpoints_module
+    import clusterprobe.checkpoints.own as checkpoints_module
 
     config = tiny(tmp_path, epochs=2)
     real_atomic_write = checkpoints_module.atomic_write
@@ -444,7 +444,7 @@ def test_resume_from_a_pickled_file_names_the_problem_without_trust(tmp_path):
 
     config = tiny(tmp_path, epochs=1)
     run = Path(train(config))
-    torch.save({"epoch": 1, "args": argparse.Namespace(lr=0.1)}, run / "checkpoints" / "epoch_0001.pt")
+    torch.save({"epoch": 1, "args": argparse.Action(["--lr"], "lr")}, run / "checkpoints" / "epoch_0001.pt")
     with pytest.raises(TrainingError, match="not written by clusterprobe train") as caught:
         train(config, resume=True)
     assert "--trust" not in str(caught.value) and "trust=True" not in str(caught.value)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -236,6 +237,9 @@ def start_or_resume(config: TrainConfig, env: distributed.DistributedEnv, run: R
     if resume_from is not None:
         start_epoch, step = _restore(resume_from, training)
         say(f"resuming {run.path} from {resume_from.name}: epoch {start_epoch}, step {step}")
+        saved_epochs = run.saved_config().epochs
+        if config.epochs != saved_epochs:
+            _extend(config, env, run, training, saved_epochs, step, say)
     else:
         start_epoch, step = 0, 0
         if env.is_main:
@@ -247,6 +251,20 @@ def start_or_resume(config: TrainConfig, env: distributed.DistributedEnv, run: R
                 save_state(config, run, training, 0, 0, run.checkpoint_path(0))
     distributed.barrier()
     return start_epoch, step
+
+
+def _extend(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory, training: Training,
+            saved_epochs: int, step: int, say: Say) -> None:
+    """Continue a run to more epochs than it was started with: the LR and EMA schedules are
+    recomputed over the new length (so the LR rises again at the resume step), and config.yaml
+    records the new length (rank 0)."""
+    old = dataclasses.replace(training.lr_schedule, total_steps=training.total_steps // config.epochs * saved_epochs)
+    say(f"extending the run from {saved_epochs} to {config.epochs} epochs: the learning-rate and EMA "
+        f"schedules are recomputed over {config.epochs} epochs, so at step {step} the learning rate "
+        f"goes from {old(step):.4g} (end of the old schedule) to {training.lr_schedule(step):.4g}")
+    if env.is_main:
+        save_config(config, run.config_path)
+    distributed.barrier()
 
 
 def _restore(path: Path, training: Training) -> tuple[int, int]:

@@ -30,7 +30,7 @@ import torch
 from ..errors import LockedError, OutputPathError, RunDirectoryError
 from ..io import describe_holder, exclusive_lock, lock_file_of
 from ..runs import CHECKPOINT_DIR, CONFIG_NAME, LAST_NAME, RunLayout
-from .config import TrainConfig, config_differences, load_saved_config
+from .config import RUNTIME_FIELDS, TrainConfig, config_differences, load_saved_config
 
 STEP_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "elapsed_s"]
 EPOCH_FIELDS = ["epoch", "step", "loss", "lr", "ema", "images_per_s", "epoch_s", "knn_acc"]
@@ -114,7 +114,13 @@ class RunDirectory(RunLayout):
             )
         if not self.config_path.exists():
             raise RunDirectoryError(f"Cannot resume from {self.path}: it has no config.yaml.")
-        differences = config_differences(self.saved_config(), config)
+        saved = self.saved_config()
+        # More epochs extend the run (its schedules are recomputed over the new length); fewer
+        # would change the schedules of epochs already trained under the old ones.
+        differences = config_differences(saved, config, ignore=(*RUNTIME_FIELDS, "epochs"))
+        if config.epochs < saved.epochs:
+            differences.append(f"epochs: {saved.epochs} -> {config.epochs} (a run can be extended "
+                               "to more epochs, not shortened; its checkpoints of earlier epochs are kept)")
         if differences:
             raise RunDirectoryError(
                 f"Cannot resume {self.path} with a different configuration; these fields differ "
