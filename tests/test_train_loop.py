@@ -138,15 +138,17 @@ class StopAt:
 # 3 epochs of 4 steps. Interrupted at step 10 (epoch 3): epochs 1-2 are done; with save_every 1
 # both are checkpoints, with save_every 2 only epoch 2 is. Interrupted at step 6 (epoch 2) with
 # save_every 2: epoch 1 is done but not a checkpoint epoch, so last.pt holds it.
-@pytest.mark.parametrize("method, save_every, stop, checkpoints, last_epoch", [
-    ("resa", 1, 10, ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"], None),
-    ("swav", 2, 10, ["epoch_0000.pt", "epoch_0002.pt"], None),
-    ("resa", 2, 6, ["epoch_0000.pt"], 1),
+# views_on="device": the batched views (per-batch seeded generators) resume bit for bit too.
+@pytest.mark.parametrize("method, save_every, stop, checkpoints, last_epoch, views_on", [
+    ("resa", 1, 10, ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"], None, "loader"),
+    ("swav", 2, 10, ["epoch_0000.pt", "epoch_0002.pt"], None, "loader"),
+    ("resa", 2, 6, ["epoch_0000.pt"], 1, "loader"),
+    ("resa", 1, 10, ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"], None, "device"),
 ])
-def test_resume_is_bit_for_bit(tmp_path, method, save_every, stop, checkpoints, last_epoch):
+def test_resume_is_bit_for_bit(tmp_path, method, save_every, stop, checkpoints, last_epoch, views_on):
     epochs = 3
-    reference = train(tiny(tmp_path / "a", method, epochs=epochs, save_every=save_every))
-    config = tiny(tmp_path / "b", method, epochs=epochs, save_every=save_every)
+    reference = train(tiny(tmp_path / "a", method, epochs=epochs, save_every=save_every, views_on=views_on))
+    config = tiny(tmp_path / "b", method, epochs=epochs, save_every=save_every, views_on=views_on)
     stopper = StopAt(stop)
     with pytest.raises(KeyboardInterrupt):
         train(config, callbacks=[stopper])

@@ -105,7 +105,10 @@ class TrainConfig:
     the method's, capped at a tenth of the run), ``lr_floor`` (final LR as a fraction of the peak),
     ``ema_base`` (momentum methods), ``amp`` / ``amp_dtype`` (CUDA only), ``seed``.
 
-    Method: ``method``, ``views`` (augmentation recipe), ``crop_scale``, ``blur`` (ReSA's
+    Method: ``method``, ``views`` (augmentation recipe), ``views_on`` (``loader``: PIL pipelines
+    in DataLoader workers; ``device``: batched on the training device from a uint8 copy of the
+    data set, see :mod:`~clusterprobe.trainer.batch_views`; ``auto``: ``device`` on CUDA when the
+    images are of one size and fit in a quarter of the free GPU memory), ``crop_scale``, ``blur`` (ReSA's
     ImageNet blur), ``flip`` (horizontal flips; off for digits-like data), ``options`` (method
     settings, see :data:`METHOD_DEFAULTS`: e.g. ReSA's temperature, Sinkhorn epsilon/iterations,
     transposed term).
@@ -145,6 +148,7 @@ class TrainConfig:
     seed: int = 0
 
     views: str | None = None
+    views_on: str = "auto"
     crop_scale: list[float] | None = None
     blur: bool = False
     flip: bool = True
@@ -432,6 +436,8 @@ def _check_views(config: TrainConfig) -> None:
     """The augmentation recipe and crop scale."""
     if config.views not in VIEW_RECIPES:
         _fail(f"Unknown view recipe {config.views!r}; use one of {', '.join(VIEW_RECIPES)}.")
+    if config.views_on not in ("auto", "loader", "device"):
+        _fail(f"views_on must be auto, loader or device, got {config.views_on!r}.")
     if config.crop_scale is not None:
         if len(config.crop_scale) != 2 or not 0 < config.crop_scale[0] <= config.crop_scale[1] <= 1:
             _fail(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {config.crop_scale}.")

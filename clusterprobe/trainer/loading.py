@@ -138,3 +138,52 @@ def subset_indices(size: int, limit: int | None, seed: int) -> list[int] | None:
         return None
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(size, generator=generator)[:limit].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# batched views on the training device
+def images_as_uint8(base, indices=None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The PIL images of ``base`` (or its ``indices``) as one uint8 tensor (N, C, H, W) with their
+    labels, or None when the images are not all of one size (they then need the PIL loader)."""
+    import numpy as np
+
+    positions = range(len(base)) if indices is None else indices
+    arrays, labels = [], []
+    for index in positions:
+        image, label = base[index]
+        array = np.asarray(image, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if arrays and array.shape != arrays[0].shape:
+            return None
+        arrays.append(array)
+        labels.append(int(label))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images, torch.tensor(labels, dtype=torch.int64)
+
+
+class DeviceViewLoader:
+    """Batches of views made on the training device from a uint8 copy of the data set.
+
+    Iterating yields ``([view_0, view_1, ...], labels)`` like the PIL DataLoader, from the same
+    :class:`EpochSampler` (order and sharding); each batch's random parameters come from a
+    generator seeded by (run seed, epoch, rank, batch number), so resuming reproduces them.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, views, sampler: EpochSampler,
+                 batch_size: int, seed: int):
+        self.images, self.labels, self.views = images, labels, views
+        self.sampler, self.batch_size, self.seed = sampler, int(batch_size), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self):
+        order = torch.tensor([position for position, _ in self.sampler], dtype=torch.int64)
+        for batch in range(len(self)):
+            rows = order[batch * self.batch_size:(batch + 1) * self.batch_size]
+            generator = torch.Generator().manual_seed(
+                sample_seed(self.seed, self.sampler.epoch, (1 << 40) + self.sampler.rank * (1 << 32) + batch))
+            rows_on_device = rows.to(self.images.device)
+            images = self.images.index_select(0, rows_on_device)
+            yield self.views(images, generator), self.labels.index_select(0, rows_on_device)

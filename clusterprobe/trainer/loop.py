@@ -41,14 +41,16 @@ from ..errors import (CheckpointWriteError, NonFiniteLossError, TrainConfigError
                       UnsafeCheckpointError)
 from .. import distributed
 from .config import TrainConfig, build_config, save_config
-from .loading import EpochSampler, SeededViews, build_loader, loader_settings, subset_indices
+from .loading import (DeviceViewLoader, EpochSampler, SeededViews, build_loader, images_as_uint8,
+                      loader_settings, subset_indices)
 from .methods import Method, build_method
 from .monitor import KnnMonitor
 from .optim import build_optimizer, set_learning_rate
 from .run_dir import (EPOCH_FIELDS, STEP_FIELDS, CsvLog, RunDirectory, capture_rng_state,
                       restore_rng_state)
 from .schedules import WarmupCosineSchedule
-from .views import two_view_transform
+from .batch_views import BatchViews
+from .views import two_view_transform, view_specs
 
 Callback = Callable[[str, Mapping[str, Any]], None]
 Say = Callable[[str], None]
@@ -110,7 +112,7 @@ def _train(config: TrainConfig, env: distributed.DistributedEnv, resume: bool, o
            callbacks: list[Callback]) -> Path:
     say: Say = functools.partial(_say, enabled=env.is_main and config.progress)
     run, resume_from = prepare_run_directory(config, env, resume, overwrite)
-    data = build_data(config, env)
+    data = build_data(config, env, say)
     training = build_training(config, env, data, say)
     start_epoch, step = start_or_resume(config, env, run, resume_from, overwrite, training, say)
     if start_epoch >= config.epochs:
@@ -164,7 +166,7 @@ class TrainingData:
         return len(self.loader)
 
 
-def build_data(config: TrainConfig, env: distributed.DistributedEnv) -> TrainingData:
+def build_data(config: TrainConfig, env: distributed.DistributedEnv, say: Say = lambda _: None) -> TrainingData:
     """Load the train split (PIL images), wrap it in the two views and build the loader.
 
     A data set that needs files (CIFAR, imagefolder) is read from ``config.data_root``; without
@@ -183,10 +185,37 @@ def build_data(config: TrainConfig, env: distributed.DistributedEnv) -> Training
         raise TrainConfigError(f"The training set has {len(train_set)} images, fewer than one batch "
                                f"of {config.batch_size}; lower the batch size.")
     sampler = EpochSampler(len(train_set), config.seed, env.rank, env.world_size)
-    settings = loader_settings(env.device, config.num_workers, config.pin_memory, config.persistent_workers,
-                               int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
-    loader = build_loader(train_set, sampler, config.batch_size // env.world_size, settings)
+    loader = _device_view_loader(config, env, base, train_set, sampler, image_size, say)
+    if loader is None:
+        settings = loader_settings(env.device, config.num_workers, config.pin_memory, config.persistent_workers,
+                                   int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
+        loader = build_loader(train_set, sampler, config.batch_size // env.world_size, settings)
     return TrainingData(base.info, train_set, sampler, loader, cifar_stem)
+
+
+def _device_view_loader(config: TrainConfig, env: distributed.DistributedEnv, base, train_set: SeededViews,
+                        sampler: EpochSampler, image_size: int, say: Say) -> DeviceViewLoader | None:
+    """The batched-views loader when ``config.views_on`` asks for it (or ``auto`` allows it), else None."""
+    if config.views_on == "loader" or (config.views_on == "auto" and env.device.type != "cuda"):
+        return None
+    loaded = images_as_uint8(base, train_set.indices)
+    if loaded is None:
+        if config.views_on == "device":
+            raise TrainConfigError("views_on='device' needs images of one size; these differ. Set image_size "
+                                   "(imagefolder) or use views_on='loader'.")
+        say("note: the training images differ in size; augmenting them in DataLoader workers.")
+        return None
+    images, labels = loaded
+    if config.views_on == "auto":
+        free, _ = torch.cuda.mem_get_info(env.device)
+        if images.numel() > free // 4:
+            say(f"note: the training set ({images.numel() / 2**30:.1f} GiB as uint8) does not fit in a quarter "
+                "of the free GPU memory; augmenting it in DataLoader workers.")
+            return None
+    views = BatchViews(view_specs(config.views, config.crop_scale, config.blur, config.flip), image_size,
+                       base.info.mean, base.info.std).to(env.device)
+    return DeviceViewLoader(images.to(env.device), labels.to(env.device), views, sampler,
+                            config.batch_size // env.world_size, config.seed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,10 +17,16 @@ Every view ends with ToTensor + Normalize(data set mean, std). On 1-channel imag
 saturation and hue jitter do nothing and grayscale keeps one channel. All randomness comes from
 torch's global generator, which the training data set seeds per sample (see
 :mod:`clusterprobe.trainer.loading`).
+
+Each recipe is a pair of :class:`ViewSpec` (plain parameters). :func:`make_view` turns one into a
+torchvision PIL pipeline (one image at a time, in DataLoader workers);
+:class:`~clusterprobe.trainer.batch_views.BatchView` turns the same spec into a batched tensor
+pipeline with per-sample random parameters (on the training device).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -34,36 +40,50 @@ VIEW_RECIPES = ("resa", "asymmetric", "symmetric", "vicreg")
 _BILINEAR, _BICUBIC = InterpolationMode.BILINEAR, InterpolationMode.BICUBIC
 
 
-def _blur(size: int) -> T.GaussianBlur:
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the image, odd
-    return T.GaussianBlur(kernel_size=kernel, sigma=(0.1, 2.0))
+@dataclass(frozen=True)
+class ViewSpec:
+    """One view's augmentation parameters, in the order they are applied.
+
+    RandomResizedCrop(``scale``, ratio 3/4-4/3, ``interpolation``) -> ColorJitter(``jitter`` =
+    brightness, contrast, saturation, hue) with probability ``jitter_p`` -> grayscale with
+    ``grayscale_p`` -> Gaussian blur (sigma 0.1-2, kernel ~10 % of the image) with ``blur_p`` ->
+    solarize (pixels >= 128 of 255 inverted) with ``solarize_p`` -> horizontal flip with ``flip_p``.
+    """
+
+    scale: tuple[float, float] = (0.2, 1.0)
+    interpolation: str = "bicubic"
+    jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.2, 0.1)
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    solarize_p: float = 0.0
+    blur_p: float = 0.0
+    flip_p: float = 0.5
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def make_view(
-    size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    scale: tuple[float, float] = (0.2, 1.0),
-    interpolation: InterpolationMode = _BICUBIC,
-    jitter: tuple[float, float, float, float] | None = (0.4, 0.4, 0.2, 0.1),
-    jitter_p: float = 0.8,
-    grayscale_p: float = 0.2,
-    solarize_p: float = 0.0,
-    blur_p: float = 0.0,
-    flip_p: float = 0.5,
-) -> T.Compose:
+def blur_kernel_size(size: int) -> int:
+    """Gaussian blur kernel for ``size``-pixel images: ~10 % of the image, odd, at least 3."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+BLUR_SIGMA = (0.1, 2.0)
+
+
+def make_view(size: int, mean: Sequence[float], std: Sequence[float], spec: ViewSpec = ViewSpec()) -> T.Compose:
     """One augmentation pipeline: PIL image -> normalised (C, size, size) tensor."""
-    steps: list[Callable] = [T.RandomResizedCrop(size, scale=scale, interpolation=interpolation)]
-    if jitter is not None and jitter_p > 0:
-        steps.append(T.RandomApply([T.ColorJitter(*jitter)], p=jitter_p))
-    if grayscale_p > 0:
-        steps.append(T.RandomGrayscale(p=grayscale_p))
-    if blur_p > 0:
-        steps.append(T.RandomApply([_blur(size)], p=blur_p))
-    if solarize_p > 0:
-        steps.append(T.RandomSolarize(threshold=128, p=solarize_p))
-    if flip_p > 0:
-        steps.append(T.RandomHorizontalFlip(p=flip_p))
+    interpolation = {"bilinear": _BILINEAR, "bicubic": _BICUBIC}[spec.interpolation]
+    steps: list[Callable] = [T.RandomResizedCrop(size, scale=spec.scale, ratio=spec.ratio, interpolation=interpolation)]
+    if spec.jitter is not None and spec.jitter_p > 0:
+        steps.append(T.RandomApply([T.ColorJitter(*spec.jitter)], p=spec.jitter_p))
+    if spec.grayscale_p > 0:
+        steps.append(T.RandomGrayscale(p=spec.grayscale_p))
+    if spec.blur_p > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=BLUR_SIGMA)],
+                                   p=spec.blur_p))
+    if spec.solarize_p > 0:
+        steps.append(T.RandomSolarize(threshold=128, p=spec.solarize_p))
+    if spec.flip_p > 0:
+        steps.append(T.RandomHorizontalFlip(p=spec.flip_p))
     steps += [T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(steps)
 
@@ -82,6 +102,32 @@ class MultiView:
         return f"MultiView(\n{inner}\n)"
 
 
+def view_specs(recipe: str, crop_scale: Sequence[float] | None = None, blur: bool = False,
+               flip: bool = True) -> list[ViewSpec]:
+    """The two :class:`ViewSpec` of ``recipe`` (see the module doc).
+
+    ``crop_scale`` overrides the RandomResizedCrop scale range; ``blur`` adds ReSA's ImageNet
+    blur (p=0.5 on the strong view); ``flip=False`` drops the horizontal flips (for images whose
+    mirror image is another class, such as digits).
+    """
+    if recipe == "resa":
+        scale = tuple(crop_scale or (0.2, 1.0))
+        specs = [ViewSpec(scale, "bilinear", jitter=None, grayscale_p=0.0),
+                 ViewSpec(scale, "bicubic", grayscale_p=0.2, solarize_p=0.2, blur_p=0.5 if blur else 0.0)]
+    elif recipe == "asymmetric":
+        scale = tuple(crop_scale or (0.08, 1.0))
+        specs = [ViewSpec(scale, solarize_p=0.0), ViewSpec(scale, solarize_p=0.2)]
+    elif recipe == "symmetric":
+        scale = tuple(crop_scale or (0.08, 1.0))
+        specs = [ViewSpec(scale, jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)] * 2
+    elif recipe == "vicreg":
+        scale = tuple(crop_scale or (0.2, 1.0))
+        specs = [ViewSpec(scale, solarize_p=0.1)] * 2
+    else:
+        raise TrainConfigError(f"Unknown view recipe {recipe!r}; use one of {', '.join(VIEW_RECIPES)}.")
+    return [spec if flip else replace(spec, flip_p=0.0) for spec in specs]
+
+
 def two_view_transform(
     recipe: str,
     size: int,
@@ -91,38 +137,5 @@ def two_view_transform(
     blur: bool = False,
     flip: bool = True,
 ) -> MultiView:
-    """The two views of ``recipe`` (see the module doc) at ``size`` x ``size`` pixels.
-
-    ``crop_scale`` overrides the RandomResizedCrop scale range; ``blur`` adds ReSA's ImageNet
-    blur (p=0.5 on the strong view); ``flip=False`` drops the horizontal flips (for images whose
-    mirror image is another class, such as digits).
-    """
-    views = _two_views(recipe, size, mean, std, crop_scale, blur)
-    if not flip:
-        for view in views.transforms:
-            view.transforms = [t for t in view.transforms if not isinstance(t, T.RandomHorizontalFlip)]
-    return views
-
-
-def _two_views(recipe, size, mean, std, crop_scale, blur) -> MultiView:
-    if recipe == "resa":
-        scale = tuple(crop_scale or (0.2, 1.0))
-        weak = make_view(size, mean, std, scale, _BILINEAR, jitter=None, grayscale_p=0.0)
-        strong = make_view(size, mean, std, scale, _BICUBIC, jitter=(0.4, 0.4, 0.2, 0.1),
-                           grayscale_p=0.2, solarize_p=0.2, blur_p=0.5 if blur else 0.0)
-        return MultiView([weak, strong])
-    if recipe == "asymmetric":
-        scale = tuple(crop_scale or (0.08, 1.0))
-        return MultiView([
-            make_view(size, mean, std, scale, solarize_p=0.0),
-            make_view(size, mean, std, scale, solarize_p=0.2),
-        ])
-    if recipe == "symmetric":
-        scale = tuple(crop_scale or (0.08, 1.0))
-        view = dict(jitter=(0.8, 0.8, 0.8, 0.2), blur_p=0.5)
-        return MultiView([make_view(size, mean, std, scale, **view), make_view(size, mean, std, scale, **view)])
-    if recipe == "vicreg":
-        scale = tuple(crop_scale or (0.2, 1.0))
-        return MultiView([make_view(size, mean, std, scale, solarize_p=0.1),
-                          make_view(size, mean, std, scale, solarize_p=0.1)])
-    raise TrainConfigError(f"Unknown view recipe {recipe!r}; use one of {', '.join(VIEW_RECIPES)}.")
+    """The two views of ``recipe`` at ``size`` x ``size`` pixels, as PIL pipelines (see :func:`view_specs`)."""
+    return MultiView([make_view(size, mean, std, spec) for spec in view_specs(recipe, crop_scale, blur, flip)])
