@@ -83,7 +83,8 @@ MIN_BATCH_SIZE = {method: 2 for method in METHODS}
 #: Fields that may differ when resuming (they do not change the computation).
 RUNTIME_FIELDS = ("out", "num_workers", "pin_memory", "persistent_workers", "progress",
                   "monitor_every", "monitor_bank_size", "monitor_query_size", "tensorboard",
-                  "log_every", "data_root", "download", "device", "save_every", "save_init")
+                  "log_every", "data_root", "download", "device", "save_every", "save_init",
+                  "channels_last", "compile", "fused_optimizer")
 
 
 @dataclass
@@ -103,7 +104,10 @@ class TrainConfig:
     Optimisation: ``epochs``, ``batch_size`` (global, over all processes), ``optimizer`` (sgd,
     lars), ``lr`` (per 256 images), ``weight_decay``, ``momentum`` (SGD), ``warmup_epochs`` (None:
     the method's, capped at a tenth of the run), ``lr_floor`` (final LR as a fraction of the peak),
-    ``ema_base`` (momentum methods), ``amp`` / ``amp_dtype`` (CUDA only), ``seed``.
+    ``ema_base`` (momentum methods), ``amp`` / ``amp_dtype`` (CUDA only), ``seed``. Speed:
+    ``channels_last`` (None: on CUDA), ``compile`` (``torch.compile`` of the encoders, keys
+    unchanged), ``fused_optimizer`` (fused SGD kernel; None: on CUDA); they change results only at
+    the level of floating-point rounding and may differ between a run and its resume.
 
     Method: ``method``, ``views`` (augmentation recipe), ``views_on`` (``loader``: PIL pipelines
     in DataLoader workers; ``device``: batched on the training device from a uint8 copy of the
@@ -145,6 +149,9 @@ class TrainConfig:
     ema_base: float | None = None
     amp: bool = False
     amp_dtype: str = "bfloat16"
+    channels_last: bool | None = None
+    compile: bool = False
+    fused_optimizer: bool | None = None
     seed: int = 0
 
     views: str | None = None

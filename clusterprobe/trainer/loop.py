@@ -247,10 +247,17 @@ def build_training(config: TrainConfig, env: distributed.DistributedEnv, data: T
         method.autocast = functools.partial(torch.autocast, "cuda", dtype=getattr(torch, config.amp_dtype))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if config.channels_last if config.channels_last is not None else device.type == "cuda":
+        method.to(memory_format=torch.channels_last)
+    if config.compile:
+        for model in (method.online.model, method.momentum):
+            if model is not None:
+                model.backbone.compile()  # in place: state-dict keys stay as they are
     method.distribute(env)
     peak_lr = config.scaled_lr()
+    fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
     optimizer = build_optimizer(config.optimizer, method.trainable_parameters(), peak_lr,
-                                float(config.weight_decay), config.momentum)
+                                float(config.weight_decay), config.momentum, fused=fused and config.optimizer == "sgd")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16")
     lr_schedule = WarmupCosineSchedule(peak_lr, total_steps, round(config.warmup_epochs * data.steps_per_epoch),
                                        peak_lr * float(config.lr_floor))

@@ -62,11 +62,13 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``sgd``: SGD with momentum and weight decay on all parameters (ReSA). ``lars``: :class:`LARS`."""
+                    momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+    """``sgd``: SGD with momentum and weight decay on all parameters (ReSA); ``fused`` uses
+    torch's fused kernel (CUDA). ``lars``: :class:`LARS`."""
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               **({"fused": True} if fused else {}))
     if name == "lars":
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise TrainConfigError(f"Unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}.")
