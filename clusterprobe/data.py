@@ -27,7 +27,7 @@ import os
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from .errors import DatasetError, closest_name
+from .errors import ClusterprobeError, DatasetError, closest_name
 
 DATASETS = ("cifar10", "cifar100", "digits", "imagefolder")
 SPLITS = ("train", "test")
@@ -451,3 +451,41 @@ def collate_images(batch):
             "image_size=N in load_dataset."
         )
     return torch.stack(images), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def loader_batches(loader: Iterable) -> Iterator:
+    """Iterate ``loader`` (a DataLoader), re-raising our own errors from worker processes as they
+    were raised.
+
+    With ``num_workers > 0`` torch re-raises a worker's exception as a new one of the same class
+    whose message is "Caught DatasetError in DataLoader worker process 0. Original Traceback ..."
+    followed by the worker's traceback. For a :class:`~clusterprobe.errors.ClusterprobeError`
+    (whose message already names the file and the fix) this gives back the original message, the
+    same class and no worker traceback; any other exception passes unchanged (its worker
+    traceback is what locates a bug).
+    """
+    try:
+        yield from loader
+    except ClusterprobeError as error:
+        message = _worker_error_message(error)
+        if message is None:
+            raise
+        error.args = (message,)
+        raise error.with_traceback(None) from None
+
+
+def _worker_error_message(error: BaseException) -> str | None:
+    """The original message inside torch's "Caught X in DataLoader worker process N" text, or
+    None when ``error`` is not such a re-raised worker error."""
+    text = str(error)
+    kind = type(error)
+    head = text.split("\n", 1)[0]
+    if not (head.startswith(f"Caught {kind.__name__} ") and "DataLoader worker process" in head):
+        return None
+    # traceback.format_exception ends with "<module>.<qualname>: <message>" (after any chained
+    # exceptions, so the last occurrence is the error itself).
+    marker = f"\n{kind.__module__}.{kind.__qualname__}: "
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    return text[at + len(marker):].rstrip("\n")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter, lock_bank
 from .checkpoints import LoadedCheckpoint, load_checkpoint
-from .data import DATASETS, LabeledImageDataset, load_dataset
+from .data import DATASETS, LabeledImageDataset, load_dataset, loader_batches
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint
@@ -422,7 +422,7 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
     chunk_end = min(n, (current + 1) * chunk)
     position = indices[0]
     with torch.inference_mode(), LayerCapture(job.model, job.specs) as capture:
-        for images, labels in loader:
+        for images, labels in loader_batches(loader):  # worker errors keep their message
             outputs = capture.run(images.to(job.device, non_blocking=True))
             rows = {}
             for name, value in outputs.items():

@@ -189,3 +189,70 @@ def test_cli_extract_skip_unreadable(tmp_path, rgb_checkpoint):
     meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
     assert meta["n"] == 5
     assert [s["file"] for s in meta["dataset"]["skipped_unreadable"]] == [str(root.resolve() / "a" / "1.jpg")]
+
+
+# -- errors raised in DataLoader worker processes ------------------------------------------------
+def assert_no_worker_wrapping(result):
+    for torch_text in ("Caught", "worker process", "Original Traceback"):
+        assert torch_text not in result.output, result.output
+
+
+def test_a_corrupt_image_read_in_a_worker_process_keeps_its_clean_message(tmp_path, rgb_checkpoint):
+    """With --num-workers 1 torch re-raised our DatasetError as "Caught DatasetError in DataLoader
+    worker process 0. Original Traceback ..." (a/1.jpg is only ever read by the worker)."""
+    root = image_tree(tmp_path / "data")
+    (root / "a" / "1.jpg").write_bytes(np.random.default_rng(1).bytes(500))
+    result = extract(rgb_checkpoint, root, tmp_path / "bank", "--num-workers", "1")
+    assert_clean(result, f"error: Image {root / 'a' / '1.jpg'} could not be read (UnidentifiedImageError",
+                 "Remove or replace it", "--skip-unreadable")
+    assert_no_worker_wrapping(result)
+
+
+def test_a_corrupt_image_in_training_workers_keeps_its_clean_message(tmp_path):
+    root = image_tree(tmp_path / "data", per_class=4)
+    (root / "b" / "2.jpg").write_bytes(b"not an image at all")
+    result = runner.invoke(app, ["train", "--method", "simclr", "--dataset", "imagefolder", "--data-root", str(root),
+                                 "--image-size", "8", "--epochs", "1", "--batch-size", "4", "--width", "4",
+                                 "--projector-dims", "16,8", "--views-on", "loader", "--num-workers", "1",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert_clean(result, f"error: Image {root.resolve() / 'b' / '2.jpg'} could not be read (UnidentifiedImageError")
+    assert_no_worker_wrapping(result)
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        if index == 1:
+            try:
+                raise OSError("disk said no")
+            except OSError as cause:
+                raise self.error from cause  # a chained cause is printed before the error itself
+        return torch.zeros(1), 0
+
+
+def test_loader_batches_unwraps_only_our_errors():
+    from torch.utils.data import DataLoader
+
+    from clusterprobe.data import loader_batches
+    from clusterprobe.errors import LayerError
+
+    for error in (DatasetError("Image x.jpg could not be read.\nSecond line."), LayerError("No layer 'Q'.")):
+        loader = DataLoader(_Failing(error), batch_size=1, num_workers=1)
+        with pytest.raises(type(error)) as caught:
+            list(loader_batches(loader))
+        assert str(caught.value) == str(error)
+        # the traceback starts where loader_batches re-raised it: torch's re-raise frames are gone
+        assert [entry.path.name for entry in caught.traceback] == ["test_input_faults.py", "data.py"]
+    # anything else keeps torch's message: the worker traceback locates a bug
+    loader = DataLoader(_Failing(ValueError("a bug")), batch_size=1, num_workers=1)
+    with pytest.raises(ValueError, match="Caught ValueError in DataLoader worker process 0"):
+        list(loader_batches(loader))
+    # without workers nothing changes
+    with pytest.raises(DatasetError) as caught:
+        list(loader_batches(DataLoader(_Failing(DatasetError("plain")), batch_size=1)))
+    assert str(caught.value) == "plain"

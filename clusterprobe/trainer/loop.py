@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint_file, save_checkpoint
-from ..data import DatasetInfo, load_dataset
+from ..data import DatasetInfo, load_dataset, loader_batches
 from ..errors import (CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError,
                       UnsafeCheckpointError)
 from .. import distributed
@@ -414,7 +414,7 @@ def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: R
     result = EpochResult(epoch, step, 0.0)
     epoch_start = last_time = time.perf_counter()
     last_step = step
-    bar = tqdm(data.loader, total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+    bar = tqdm(loader_batches(data.loader), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                disable=not (env.is_main and config.progress), leave=False, dynamic_ncols=True)
     for views, _ in bar:
         views = [v.to(env.device, non_blocking=True) for v in views]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..data import collate_images, load_dataset
+from ..data import collate_images, load_dataset, loader_batches
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def encode_dataset(encoder: nn.Module, dataset, device: torch.device, batch_size
                         collate_fn=collate_images)
     features, labels = [], []
     try:
-        for images, targets in loader:
+        for images, targets in loader_batches(loader):
             features.append(encoder(images.to(device, non_blocking=True)).float().cpu())
             labels.append(targets)
     finally:
