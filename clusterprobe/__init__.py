@@ -37,9 +37,17 @@ _EXPORTS = {
     "TrainConfig": "clusterprobe.trainer",
     "build_config": "clusterprobe.trainer",
     "train": "clusterprobe.trainer",
-    # layout and errors
+    # layout
     "RunLayout": "clusterprobe.runs",
-    "ClusterprobeError": "clusterprobe.errors",
+    # errors a caller catches (all derive from ClusterprobeError) and the assumption warning
+    **{name: "clusterprobe.errors" for name in (
+        "ClusterprobeError",
+        "DatasetError", "CheckpointError", "UnsafeCheckpointError", "ArchitectureMismatchError",
+        "LayerError", "FeatureBankError", "NonFiniteFeaturesError", "DeviceError", "MetricsError",
+        "ReportError", "TrainingError", "TrainConfigError", "TrainingInputError", "RunDirectoryError",
+        "NonFiniteLossError", "CheckpointWriteError", "OutputPathError", "LockedError",
+        "AssumptionWarning",
+    )},
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -30,10 +30,28 @@ def test_tab_completion_offers_the_exports():
 
     completer = rlcompleter.Completer({"clusterprobe": clusterprobe})
     offered = {completer.complete("clusterprobe.Met", i) for i in range(3)} - {None}
-    assert offered == {"clusterprobe.MetricSettings("}
+    assert offered == {"clusterprobe.MetricSettings(", "clusterprobe.MetricsError("}
 
 
 def test_import_stays_light_until_a_name_is_used():
     code = "import sys, clusterprobe; print('torch' in sys.modules, 'faiss' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.split() == ["False", "False"], result.stderr
+
+
+def test_every_error_a_caller_catches_is_exported_at_the_top_level():
+    import inspect
+
+    from clusterprobe import errors
+
+    public = {name for name, value in vars(errors).items()
+              if inspect.isclass(value) and issubclass(value, (errors.ClusterprobeError, Warning))
+              and value.__module__ == errors.__name__}
+    assert {"LockedError", "OutputPathError", "DatasetError", "FeatureBankError", "AssumptionWarning"} <= public
+    assert public <= set(clusterprobe.__all__), sorted(public - set(clusterprobe.__all__))
+    for name in public:
+        assert getattr(clusterprobe, name) is getattr(errors, name)
+    from clusterprobe import LockedError, OutputPathError
+
+    assert issubclass(LockedError, clusterprobe.ClusterprobeError) and LockedError("x", {"pid": 1}).holder == {"pid": 1}
+    assert issubclass(OutputPathError, clusterprobe.ClusterprobeError)
