@@ -117,3 +117,67 @@ def test_a_second_report_into_the_same_folder_is_refused(tmp_path):
         with pytest.raises(LockedError, match=r"report folder .*report"):
             build_report(runs, progress=False)
     assert not (runs / "report").exists()
+
+
+def test_another_layers_selection_reuses_or_extends_the_cached_banks(tmp_path, monkeypatch):
+    """Issue 9: rerunning the report with other --layers skipped every epoch: "already holds a
+    different feature bank". A bank holding all requested layers is reused; one lacking some is
+    extracted again in place (with the union of the layers) without --overwrite."""
+    import pandas as pd
+
+    import clusterprobe.extract as extract_module
+    from clusterprobe import FeatureBank
+
+    make_run(tmp_path / "runs" / "one", [0, 1])
+    banks = [tmp_path / "runs" / "one" / "features" / split / f"epoch_{epoch:04d}"
+             for split in ("train", "test") for epoch in (0, 1)]
+    fast = ["--no-umap", "--seeds", "2"]
+
+    def report(layers, name):
+        result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / name),
+                                     "--layers", layers, *fast])
+        assert result.exit_code == 0 and "skipped" not in result.output, result.output
+        return pd.read_csv(tmp_path / name / "metrics.csv")
+
+    first = report("H", "r1")
+    assert [FeatureBank.open(bank).layers for bank in banks] == [["H"]] * 4
+    h_rows = FeatureBank.open(banks[3])["H"].copy()
+
+    both = report("H,Z", "r2")  # the banks lack Z: extracted again, keeping H
+    assert [FeatureBank.open(bank).layers for bank in banks] == [["H", "Z"]] * 4
+    assert (FeatureBank.open(banks[3])["H"] == h_rows).all()
+    assert list(dict.fromkeys(both["layer"])) == ["H", "Z"] and set(both["epoch"]) == {0, 1}
+    shared = ["epoch", "layer", "split", "metric"]
+    h_first = first.set_index(shared)["value"].sort_index()
+    h_again = both[both["layer"] == "H"].set_index(shared)["value"].sort_index()
+    pd.testing.assert_series_equal(h_first, h_again)  # the same features give the same numbers
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(extract_module, "_extract_chunks", forbidden)
+    only_z = report("Z", "r3")  # a subset of what the banks hold: reused as they are
+    assert set(only_z["layer"]) == {"Z"} and set(only_z["epoch"]) == {0, 1}
+    assert [FeatureBank.open(bank).layers for bank in banks] == [["H", "Z"]] * 4
+    pd.testing.assert_series_equal(both[both["layer"] == "Z"].set_index(shared)["value"].sort_index(),
+                                   only_z.set_index(shared)["value"].sort_index())
+
+
+def test_a_bank_of_another_checkpoint_lacking_layers_is_never_replaced(tmp_path):
+    from clusterprobe import FeatureBank, extract_features, load_checkpoint
+    from clusterprobe.data import load_dataset
+
+    make_run(tmp_path / "runs" / "one", [0, 1])
+    make_run(tmp_path / "elsewhere", [1], seed=7)
+    bank = tmp_path / "runs" / "one" / "features" / "test" / "epoch_0001"
+    # another run's epoch-1 features where this run's epoch-1 bank belongs
+    extract_features(load_checkpoint(tmp_path / "elsewhere" / "checkpoints" / "epoch_0001.pt"),
+                     load_dataset("digits", split="test"), bank, layers=["H"], progress=False)
+    before = FeatureBank.open(bank).meta["fingerprint"]
+    result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--layers", "H,Z", "--no-umap", "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    assert f"run one, epoch 1 skipped: {bank} already holds a different feature bank" in text
+    assert "delete the damaged or different bank folder and run the report again to rebuild it" in text
+    assert "--overwrite" not in text and "Choose another --out" not in text  # options of extract, not report
+    assert FeatureBank.open(bank).meta["fingerprint"] == before and FeatureBank.open(bank).layers == ["H"]

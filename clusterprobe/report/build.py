@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +26,8 @@ import pandas as pd
 
 from ..checkpoints import LoadedCheckpoint, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
-from ..errors import ClusterprobeError, FeatureBankError, ReportError, UnsafeCheckpointError
+from ..bank import FeatureBank
+from ..errors import ClusterprobeError, FeatureBankError, LayerError, ReportError, UnsafeCheckpointError
 from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
 from ..runs import RunLayout
@@ -160,10 +162,10 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 )
                 progress.advance(len(epochs) - position)
                 return None
-            banks = {split: extract_features(
-                loaded, dataset, layout.bank_path(split, epoch, other_dataset),
-                layers=_layers_of(loaded, settings), batch_size=settings.batch_size,
-                device=settings.device, progress=False,
+            wanted = _layers_of(loaded, settings)
+            banks = {split: _report_bank(
+                loaded, dataset, layout.bank_path(split, epoch, other_dataset), wanted,
+                batch_size=settings.batch_size, device=settings.device, progress=False,
                 extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
             ) for split, dataset in data.items()}
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
@@ -184,7 +186,8 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                             f"epochs {_epoch_list(run.epochs)})")
         return None
     overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
-    table = evaluate(layout.path, epochs=done_epochs, splits=None, **overrides).copy()
+    # only the requested layers: a reused bank may hold more
+    table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted, **overrides).copy()
     table["run"] = run.name
     table["method"] = run.method or table["method"]
     return table, test_bank
@@ -205,9 +208,41 @@ def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayou
                 f"{checkpoint} --trust` and `clusterprobe metrics` instead.")
     if isinstance(error, FeatureBankError):
         banks = " and ".join(str(layout.bank_path(split, epoch, other)) for split in split_of)
-        return (f"{error} (The report keeps its banks in {banks}: delete the damaged or different "
+        # extract's fix ("Choose another --out, or pass --overwrite") names options of `extract`
+        text = re.sub(r" Choose another --out[^.]*\.", "", str(error))
+        return (f"{text} (The report keeps its banks in {banks}: delete the damaged or different "
                 "bank folder and run the report again to rebuild it.)")
     return str(error)
+
+
+def _report_bank(loaded: LoadedCheckpoint, dataset, path: Path, layers: list[str], **options) -> FeatureBank:
+    """The bank of ``loaded`` on ``dataset`` at ``path`` holding at least ``layers``.
+
+    A finished bank of the same checkpoint and data that holds all of them (and maybe more) is
+    reused; one that lacks some is extracted again in place with the union of its layers and the
+    requested ones, so that nothing it held is lost and switching ``--layers`` back and forth
+    extracts each layer once. The report owns these cache folders, so it replaces such a bank
+    without ``--overwrite``; a bank of another checkpoint or data set, or a damaged one, is never
+    replaced (the error says so).
+    """
+    try:
+        existing = FeatureBank.open(path).layers
+    except FeatureBankError:  # none yet, or damaged: extract_features says which
+        existing = None
+    if existing is None or existing == layers:
+        return extract_features(loaded, dataset, path, layers=layers, **options)
+    try:
+        # The bank's own layers: the same request (reused) when only the layer choice differs;
+        # else extract_features refuses the "different feature bank" without touching it.
+        bank = extract_features(loaded, dataset, path, layers=existing, **options)
+    except LayerError:
+        raise FeatureBankError(
+            f"{path} already holds a different feature bank: its layers {', '.join(existing)} are not "
+            "all layers of this checkpoint's model.") from None
+    missing = [layer for layer in layers if layer not in existing]
+    if not missing:
+        return bank
+    return extract_features(loaded, dataset, path, layers=existing + missing, overwrite=True, **options)
 
 
 def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
@@ -216,22 +251,26 @@ def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
 
 
 def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings):
-    from ..bank import FeatureBank
     from .embedding import cached_bank_embedding
 
     embeddings, class_names = {}, None
     for run_name, path in test_banks.items():
         bank = FeatureBank.open(path)
         class_names = class_names or bank.class_names
-        for layer in bank.layers:
+        for layer in _requested(bank, settings):
             embeddings[(run_name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
                                                                   max_points=settings.umap_max_points)
     return embeddings, class_names
 
 
-def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path) -> pd.DataFrame | None:
+def _requested(bank, settings: ReportSettings) -> list[str]:
+    """The bank's layers the report was asked for (a reused bank may hold more), in bank order."""
+    return [layer for layer in bank.layers if layer in settings.layers]
+
+
+def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path,
+                  settings: ReportSettings) -> pd.DataFrame | None:
     """Fine vs coarse clustering metrics at the last epoch, for banks with coarse labels."""
-    from ..bank import FeatureBank
     from ..metrics import evaluate_arrays
 
     frames = []
@@ -242,7 +281,7 @@ def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path) -
         if bank.coarse_labels is None:
             continue
         epoch = bank.meta.get("epoch")
-        features = {layer: bank[layer] for layer in bank.layers}
+        features = {layer: bank[layer] for layer in _requested(bank, settings)}
         for granularity, labels in (("fine", bank.labels), ("coarse", bank.coarse_labels)):
             frame = evaluate_arrays(features, labels, metrics="nmi,ari,silhouette", run=run.name,
                                     method=run.method or "", epoch=epoch,
@@ -353,7 +392,7 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
             add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
                 f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
                 f"(at most {settings.umap_max_points} points per panel), coloured by class.")
-    coarse = _coarse_table(runs, test_banks, out)
+    coarse = _coarse_table(runs, test_banks, out, settings)
     if coarse is not None:
         add("fine_vs_coarse", "Fine vs coarse labels", fine_vs_coarse_figure(coarse, COARSE_PANELS),
             "Clustering metrics against the fine classes and against the super-classes.")
