@@ -263,19 +263,41 @@ def _mark_reused(bank: FeatureBank, reused: bool) -> FeatureBank:
 @contextlib.contextmanager
 def _lock_on_rank0(job: _Extraction, out: Path, key: str):
     """Rank 0 holds ``out``'s bank lock (the other ranks attach to what it creates); yields
-    whether it had to wait for another process extracting the same bank."""
-    if job.rank != 0:
-        yield False
-        return
-    waited = []
+    whether it had to wait for another process extracting the same bank.
+
+    If rank 0 cannot take it (another request holds it, a read-only folder), every rank stops
+    at once: rank 0 with its error, the others with one pointing to it (otherwise they would
+    wait in the next collective until the process group times out, or die of a peer's exit)."""
+    waited: list[str] = []
 
     def say(message: str) -> None:
         waited.append(message)
         if job.progress:
             print(message, file=sys.stderr, flush=True)
 
-    with lock_bank(out, key, say=say):
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if job.rank == 0:
+            try:
+                stack.enter_context(lock_bank(out, key, say=say))
+            except Exception as error:  # noqa: BLE001 - told to the other ranks, then re-raised
+                failure = error
+        _stop_with_rank0(job, failure, f"take the lock of the feature bank {out}")
         yield bool(waited)
+
+
+def _stop_with_rank0(job: _Extraction, failure: BaseException | None, step: str) -> None:
+    """All ranks learn whether rank 0 failed ``step``; then rank 0 raises ``failure`` and the
+    others a :class:`FeatureBankError` saying so. A no-op when rank 0 succeeded."""
+    failed = failure is not None
+    if job.world > 1:
+        flag = torch.tensor([int(failed)], device=job.device)
+        failed = bool(distributed.all_reduce_(flag).item())
+    if failure is not None:
+        raise failure
+    if failed:
+        raise FeatureBankError(f"Rank 0 could not {step}; rank {job.rank} stops with it (rank 0's "
+                               "error says why and what to do).")
 
 
 def _default_out(source, dataset: Dataset) -> Path:
@@ -348,12 +370,16 @@ def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, ov
     coarse = getattr(job.dataset, "coarse_targets", None)
     args = dict(n=len(job.dataset), dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
                 fingerprint=key, overwrite=overwrite, chunk_rows=chunk)
-    try:
-        writer = BankWriter(out, create=True, **args) if job.rank == 0 else None
-    except PermissionError as error:  # e.g. a read-only partial bank left by another user
-        raise FeatureBankError(f"Cannot write the feature bank at {out}: {error.filename or out} is "
-                               f"not writable ({error.strerror}). Choose another --out.") from None
-    distributed.barrier()
+    writer, failure = None, None
+    if job.rank == 0:
+        try:
+            writer = BankWriter(out, create=True, **args)
+        except PermissionError as error:  # e.g. a read-only partial bank left by another user
+            failure = FeatureBankError(f"Cannot write the feature bank at {out}: {error.filename or out} is "
+                                       f"not writable ({error.strerror}). Choose another --out.")
+        except Exception as error:  # noqa: BLE001 - e.g. too little disk space: told to the other ranks
+            failure = error
+    _stop_with_rank0(job, failure, f"create the partial feature bank of {out}")  # also the barrier
     return writer if writer is not None else BankWriter(out, create=False, **args)
 
 

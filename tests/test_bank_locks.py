@@ -105,6 +105,46 @@ def test_a_killed_writer_does_not_block_and_its_work_is_resumed(two_checkpoints,
     np.testing.assert_array_equal(bank["Z"], reference["Z"])
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.distributed
+def test_a_lock_refused_to_rank_0_stops_every_rank_with_a_clear_error(two_checkpoints, tmp_path):
+    """Several ranks write one bank and only rank 0 locks it. When the lock was refused, rank 0
+    said why but rank 1 died in its next all_reduce with gloo's "Connection closed by peer"
+    traceback (with NCCL it waited for the process group's 30-minute timeout)."""
+    out = tmp_path / "bank"
+    holder = hold_lock(out, {"request": "some other bank"})
+    port = _free_port()
+    try:
+        ranks = [subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "extract", str(two_checkpoints[0]), "--out", str(out),
+             "--layers", "H", "--device", "cpu"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**child_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                            "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                            "COLUMNS": "400"}) for rank in (0, 1)]
+        start = time.monotonic()
+        texts = []
+        for process in ranks:
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 1, stderr
+            assert "Traceback" not in stderr and "Connection closed" not in stderr, stderr
+            texts.append(" ".join(stderr.split()))
+        assert time.monotonic() - start < 90
+    finally:
+        kill(holder)
+    assert f"error: The feature bank {out} is being written by process {holder.pid}" in texts[0]
+    assert "for a different request" in texts[0]
+    assert (f"error: Rank 0 could not take the lock of the feature bank {out}; rank 1 stops with it "
+            "(rank 0's error says why and what to do).") in texts[1]
+    assert not out.exists() and not out.with_name("bank.partial").exists()
+
+
 def test_exclusive_lock_waits_refuses_and_survives_sigkill(tmp_path):
     target = tmp_path / "folder"
     holder = hold_lock(target, {"request": "x"})
