@@ -35,3 +35,36 @@ def test_overwriting_keeps_the_old_mode(tmp_path, umask_022):
     atomic_write(target, lambda f: f.write("new"), mode="w")
     assert target.read_text() == "new" and mode(target) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temporary file left
+
+
+def test_preallocate_where_the_file_system_cannot_reserve(tmp_path, monkeypatch):
+    """Without posix_fallocate (macOS) or where it is unsupported the file stays as it is (the
+    caller's free-space check is the guard); a full disk is still an error."""
+    import errno
+
+    import numpy as np
+
+    from clusterprobe.bank import BankWriter
+    from clusterprobe.io import preallocate
+
+    path = tmp_path / "sparse.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(1 << 20)
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    preallocate(path)
+    assert path.stat().st_size == 1 << 20
+    writer = BankWriter(tmp_path / "bank", n=8, dims={"H": 4}, has_labels=True, has_coarse_labels=False,
+                        fingerprint="f")
+    writer.write_rows(0, {"H": np.ones((8, 4), np.float32)}, labels=np.arange(8))
+    assert (writer.finalize({})["H"] == 1).all()
+    for code, raises in ((errno.EOPNOTSUPP, False), (errno.EINVAL, False), (errno.ENOSPC, True)):
+        def refuse(fd, offset, length, code=code):
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "posix_fallocate", refuse, raising=False)
+        if raises:
+            with pytest.raises(OSError) as caught:
+                preallocate(path)
+            assert caught.value.errno == errno.ENOSPC
+        else:
+            preallocate(path)
