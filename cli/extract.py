@@ -123,7 +123,8 @@ def layers(
     else:
         typer.echo("Assumed: nothing; the file and its format determine the whole architecture.")
     stages = model.stage_paths()
-    typer.echo(f"Any module path is a layer too, e.g. {', '.join(stages[:4])}{', ...' if len(stages) > 4 else ''}.")
+    shown = ", ".join(stages[:4]) + (f" ... {stages[-1]}" if len(stages) > 4 else "")
+    typer.echo(f"Any module path is a layer too, e.g. {shown}.")
 
 
 def _load(checkpoint: Path, *, warn: bool = True, **options):

@@ -203,3 +203,62 @@ def test_solo_learn_before_1_0_called_the_backbone_encoder(solo_checkpoint):
     torch.save(raw, path)
     same_outputs(load_checkpoint(path).model, online, X3)
     same_outputs(load_checkpoint(path, branch="momentum").model, momentum, X3)
+
+
+# -- Vision Transformers (timm's keys; DINO, solo-learn and MoCo v3 build theirs with the same names)
+def _timm_vit(**kwargs):
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, **kwargs)
+    with torch.no_grad():
+        for parameter in model.parameters():  # away from the initialisation
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    return model.eval()
+
+
+def test_plain_timm_vit_gives_h_and_records_the_heads_assumption(tmp_path):
+    from clusterprobe.errors import AssumptionWarning
+
+    reference = _timm_vit(num_classes=10)
+    torch.save(reference.state_dict(), tmp_path / "vit.pth")
+    with pytest.warns(AssumptionWarning, match="assumed 3 attention heads.*--vit-heads"):
+        loaded = load_checkpoint(tmp_path / "vit.pth")
+    assert loaded.model.layer_names() == ["H"] and loaded.model.config.backbone == "vit"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.forward_head(reference.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(loaded.model(x), expected, rtol=0, atol=0)
+    settled = load_checkpoint(tmp_path / "vit.pth", vit_heads=3)
+    assert settled.assumptions == [] and settled.model.config.vit["num_heads"] == 3
+    with pytest.raises(CheckpointError, match="heads"):
+        load_checkpoint(tmp_path / "vit.pth", vit_heads=5)  # does not divide 192
+
+
+def test_solo_learn_vit_names_its_architecture_in_args_json(tmp_path):
+    from clusterprobe.extract import LayerCapture
+
+    backbone = _timm_vit(num_classes=0)
+    projector = torch.nn.Sequential(torch.nn.Linear(192, 64), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                                    torch.nn.Linear(64, 32)).eval()
+    projector[1].running_mean.uniform_(-0.3, 0.3)
+    state = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+             **{f"projector.{k}": v for k, v in projector.state_dict().items()}}
+    folder = tmp_path / "solo"
+    folder.mkdir()
+    torch.save({"epoch": 3, "pytorch-lightning_version": "2.1.0", "state_dict": state}, folder / "byol-ep=3.ckpt")
+    (folder / "args.json").write_text(json.dumps({"method": "byol", "backbone": {"name": "vit_tiny"},
+                                                  "data": {"dataset": "cifar10"}}))
+    loaded = load_checkpoint(folder / "byol-ep=3.ckpt")
+    assert loaded.assumptions == [] and loaded.model.layer_names() == ["H", "P0", "Z"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = backbone(x)
+        torch.testing.assert_close(loaded.model.encode(x), h, rtol=0, atol=0)
+        torch.testing.assert_close(loaded.model(x), projector(h), rtol=0, atol=0)
+        # a transformer block is a layer too: its class token, (batch, 192)
+        spec = loaded.model.resolve_layer("backbone.blocks.5")
+        with LayerCapture(loaded.model, [spec]) as capture:
+            block = capture.run(x)["backbone.blocks.5"]
+        tokens = backbone.blocks[:6](backbone._pos_embed(backbone.patch_embed(x)))
+        torch.testing.assert_close(block, tokens[:, 0], rtol=0, atol=0)

@@ -189,7 +189,7 @@ def assemble(parts: Parts, hints: Hints, path: Path, what: str) -> Assembly:
         state.update({f"{name}.{k}": v for k, v in (head or {}).items()})
     load_strict(model, state, what, path)
     for assumption in assumptions:
-        warnings.warn(f"{path}: {assumption}.", AssumptionWarning, stacklevel=4)
+        warnings.warn(f"{path}: {assumption.rstrip('.')}.", AssumptionWarning, stacklevel=4)
     return Assembly(model, facts, assumptions)
 
 

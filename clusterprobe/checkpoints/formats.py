@@ -225,8 +225,12 @@ def mocov3(raw: Mapping, state: Mapping[str, torch.Tensor]) -> Layout | None:
     branches = {"online": branch("base_encoder.", True)}
     if any(k.startswith("momentum_encoder.") for k in state):
         branches["momentum"] = branch("momentum_encoder.", False)
+    arch = str(raw.get("arch") or "")
+    # MoCo v3's own ViT-S has 12 heads (not timm's 6): its names map to its own architectures
+    vit_arch = f"mocov3_{arch}" if arch in ("vit_small", "vit_base") else (arch or None)
     return Layout(
-        "mocov3", branches, "online", Hints(activation="relu"), Z_AFFINE_FREE_BN,
+        "mocov3", branches, "online", Hints(activation="relu", vit_arch=vit_arch if is_vit(branches["online"].backbone) else None),
+        Z_AFFINE_FREE_BN,
         ["branches: online = base_encoder (+ predictor), momentum = momentum_encoder; the projector is "
          "the MLP MoCo v3 puts in the encoder's fc (ResNet) or head (ViT); MoCo v3 evaluates the base encoder"],
         epoch=_int(raw.get("epoch")), method="mocov3",

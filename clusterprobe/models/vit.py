@@ -426,13 +426,13 @@ def _infer_heads(embed_dim: int, depth: int, patch: tuple[int, int], arch: str |
     if embed_dim % 64:
         raise CheckpointError(
             f"The number of attention heads of this ViT (embed_dim {embed_dim}) is not stored in its weights "
-            "and embed_dim is not a multiple of 64 (the standard 64 dimensions per head); pass num_heads= "
-            "(--vit-heads) or the architecture name.")
+            "and embed_dim is not a multiple of 64 (the standard 64 dimensions per head); pass vit_heads= "
+            "(--vit-heads) to load_checkpoint.")
     heads = embed_dim // 64
     note = "; MoCo v3's ViT-S uses 12: name the architecture mocov3_vit_small" if embed_dim == 384 else ""
     assumptions.append(
         f"assumed {heads} attention heads (embed_dim {embed_dim} / 64, the standard pairing{note}); "
-        "pass num_heads= (--vit-heads) if the model used another number.")
+        "pass vit_heads= (--vit-heads) if the model used another number")
     return heads
 
 
