@@ -47,8 +47,12 @@ def extract(
     args_json: Optional[Path] = typer.Option(None, "--args-json", help="solo-learn's args.json, if not beside the checkpoint."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize + center-crop images to this size (imagefolder)."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Leave out images that cannot be decoded (listed in the bank's meta.json)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
+    from clusterprobe.devices import limit_threads
+
+    limit_threads(threads)
     from clusterprobe.extract import checkpoint_dataset, extract_features
 
     loaded = _load(checkpoint, branch=branch, trust=trust, args_json=args_json, stem_padding=stem_padding,

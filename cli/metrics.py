@@ -123,9 +123,13 @@ def metrics(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the table here (.csv or .parquet)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Read and update the metrics cache beside the bank / in the run directory."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached values (and overwrite them)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
 ) -> None:
     """Clustering (k-means NMI/ARI/ACC, silhouette), probe (linear, kNN) and spectral metrics per layer and epoch."""
+    from clusterprobe.devices import limit_threads
     from clusterprobe.metrics import MetricSettings, evaluate
+
+    limit_threads(threads)
 
     settings = MetricSettings(
         metrics=metric_names, k=k, distance=distance, seeds=_seeds(seeds), normalize=normalize,

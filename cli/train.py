@@ -96,9 +96,13 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run in --out."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
     ):
+        from clusterprobe.devices import limit_threads
         from clusterprobe.trainer import build_config
         from clusterprobe.trainer import train as run_training
+
+        limit_threads(threads)
 
         given = {
             "method": method, "dataset": dataset, "data_root": data_root, "download": download,

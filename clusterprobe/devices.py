@@ -47,3 +47,26 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if name in ("auto", "cuda"):
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def limit_threads(threads: int | None) -> None:
+    """Use at most ``threads`` CPU threads for torch, FAISS and the BLAS/OpenMP pools of NumPy
+    and scikit-learn (None: leave each library's own default).
+
+    On a machine shared with other jobs, fewer threads than cores avoids oversubscription, which
+    can make each job several times slower. Applies to the whole process until changed again.
+    """
+    if threads is None:
+        return
+    if int(threads) < 1:
+        raise DeviceError(f"threads must be a positive number, got {threads}.")
+    threads = int(threads)
+    torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)

@@ -55,3 +55,30 @@ def test_every_error_a_caller_catches_is_exported_at_the_top_level():
 
     assert issubclass(LockedError, clusterprobe.ClusterprobeError) and LockedError("x", {"pid": 1}).holder == {"pid": 1}
     assert issubclass(OutputPathError, clusterprobe.ClusterprobeError)
+
+
+def test_threads_limit_torch_blas_and_faiss_in_a_fresh_process(tmp_path):
+    """--threads N (train, extract, metrics, report) caps every pool a command uses."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, faiss, threadpoolctl\n"
+        "from clusterprobe.devices import limit_threads\n"
+        "limit_threads(1)\n"
+        "pools = {p['internal_api']: p['num_threads'] for p in threadpoolctl.threadpool_info()}\n"
+        "print(torch.get_num_threads(), faiss.omp_get_max_threads(), max(pools.values()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "2"}).stdout.split()
+    assert out == ["1", "1", "1"]
+
+
+def test_threads_option_is_on_every_heavy_command():
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    for command in ("train", "extract", "metrics"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert "--threads" in result.output, command
