@@ -35,15 +35,20 @@ def report(
     device: str = typer.Option("auto", "--device"),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Draw the UMAP figure."),
     seeds: int = typer.Option(3, "--seeds", help="k-means seeds."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="online, momentum, teacher or student instead of each checkpoint's default branch (cached apart)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
 ) -> None:
     """Extract, measure and plot every run below RUNS_DIR; reuses every cached bank and metric."""
+    from clusterprobe.devices import limit_threads
     from clusterprobe.report import ReportSettings, build_report
+
+    limit_threads(threads)
 
     settings = ReportSettings(
         layers=tuple(split_list(layers) or ()), dataset=dataset, data_root=data_root,
         epochs=tuple(int(e) for e in split_list(epochs)) if epochs else None,
         cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
-        device=device, umap=umap, metric_overrides={"seeds": seeds},
+        device=device, umap=umap, metric_overrides={"seeds": seeds}, branch=branch,
     )
     _print_result(build_report(runs_dir, out, settings))
 

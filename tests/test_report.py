@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -163,3 +164,25 @@ def test_coarse_labels_give_the_fine_vs_coarse_figure(tmp_path):
     # The super-classes share a hue: they are easier to cluster than the 100 fine classes.
     h_silhouette = lambda table: float(table[(table.layer == "H") & (table.metric == "silhouette_true")]["value"].iloc[0])  # noqa: E731
     assert h_silhouette(coarse) > h_silhouette(fine)
+
+
+def test_branch_option_analyses_the_other_branch_and_caches_it_apart(tmp_path):
+    from clusterprobe import FeatureBank
+
+    runs = tmp_path / "runs"
+    folder = runs / "resa"
+    save_checkpoint(folder / "checkpoints" / "epoch_0001.pt", tiny_model(seed=1), epoch=1, method="resa",
+                    dataset="digits", run="resa", momentum_model=tiny_model(seed=2))
+    (folder / "config.yaml").write_text("method: resa\ndataset: digits\n")
+    fast = dict(metric_overrides={"seeds": 1, "metrics": "nmi"}, umap=False, layers=("H",))
+    default = build_report(runs, settings=ReportSettings(**fast), progress=False)
+    online = build_report(runs, tmp_path / "online_report", settings=ReportSettings(**fast, branch="online"),
+                          progress=False)
+    assert set(default.table["branch"]) == {"momentum"} and set(online.table["branch"]) == {"online"}
+    momentum_bank = FeatureBank.open(folder / "features" / "test" / "epoch_0001")
+    online_bank = FeatureBank.open(folder / "features" / "test-online" / "epoch_0001")
+    assert momentum_bank.meta["checkpoint"]["branch"] == "momentum"
+    assert online_bank.meta["checkpoint"]["branch"] == "online"
+    assert not np.array_equal(momentum_bank.features("H"), online_bank.features("H"))
+    page = online.index_html.read_text()
+    assert "<th>branch</th>" in page and "online" in page

@@ -105,6 +105,7 @@ def _load_layout(layout: Layout, path: Path, branch: str | None, given: Hints) -
     return LoadedCheckpoint(
         model=built.model, path=path, format=layout.format, branch=name, epoch=layout.epoch,
         step=layout.step, method=layout.method, dataset=layout.dataset, branches=tuple(layout.branches),
+        default_branch=layout.default,
         z=layout.z if built.model.projector is not None else "none (encoder only)",
         facts=layout.facts + built.facts, assumptions=built.assumptions,
         extra={"run": layout.run} if layout.run else {},

@@ -56,7 +56,7 @@ class LoadedCheckpoint:
             ``state-dict`` (plain torchvision/timm weights or a backbone + projector dict).
         branch: the branch loaded, in the format's own words (``online``/``momentum``;
             DINO: ``student``/``teacher``).
-        branches: every branch the file holds.
+        branches: every branch the file holds; default_branch: the one loaded when none is asked for.
         z: what Z is for this format (e.g. "projector output after the affine-free BatchNorm").
         facts: what the format determined about the architecture (stem, head activation, ...).
         assumptions: what the file did not determine and a documented default filled in; each
@@ -75,6 +75,7 @@ class LoadedCheckpoint:
     dataset: str | None = None
     sha256: str | None = None
     branches: tuple[str, ...] = ()
+    default_branch: str | None = None
     z: str | None = None
     facts: list[str] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)

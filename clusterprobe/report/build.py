@@ -56,7 +56,8 @@ class ReportSettings:
     ``dataset``/``data_root`` override each run's data set (e.g. to analyse on another one);
     ``cluster_splits`` chooses the splits clustering metrics are computed on (probes always
     train on ``train`` and score on ``test``); ``metric_overrides`` are
-    :class:`~clusterprobe.metrics.MetricSettings` fields.
+    :class:`~clusterprobe.metrics.MetricSettings` fields; ``branch`` (online, momentum, teacher,
+    student) replaces each checkpoint's default branch (its banks are cached apart).
     """
 
     layers: tuple[str, ...] = ("H", "P0", "P1", "Z")
@@ -70,6 +71,7 @@ class ReportSettings:
     umap_max_points: int = 3000
     formats: tuple[str, ...] = ("png", "pdf")
     metric_overrides: dict = field(default_factory=dict)
+    branch: str | None = None
 
 
 @dataclass
@@ -151,8 +153,10 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     done_epochs, failed_epochs, test_bank = [], [], None
     for position, epoch in enumerate(epochs):
         progress.describe(f"{run.name} epoch {epoch}")
+        branch = None
         try:
-            loaded = load_checkpoint(run.checkpoints[epoch])
+            loaded = load_checkpoint(run.checkpoints[epoch], branch=settings.branch)
+            branch = None if loaded.branch == loaded.default_branch else loaded.branch
             architecture = _architecture(loaded)
             reference = reference or (epoch, architecture)
             if architecture != reference[1]:
@@ -164,12 +168,12 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 return None
             wanted = _layers_of(loaded, settings)
             banks = {split: _report_bank(
-                loaded, dataset, layout.bank_path(split, epoch, other_dataset), wanted,
+                loaded, dataset, layout.bank_path(split, epoch, other_dataset, branch), wanted,
                 batch_size=settings.batch_size, device=settings.device, progress=False,
                 extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
             ) for split, dataset in data.items()}
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
-            warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch, other_dataset)}")
+            warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch, other_dataset, branch)}")
             failed_epochs.append(epoch)
         else:
             done_epochs.append(epoch)
@@ -190,6 +194,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted, **overrides).copy()
     table["run"] = run.name
     table["method"] = run.method or table["method"]
+    table["branch"] = loaded.branch
     return table, test_bank
 
 
@@ -198,7 +203,7 @@ def _epoch_list(epochs) -> str:
 
 
 def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayout, split_of: dict,
-                    epoch: int, other: str | None) -> str:
+                    epoch: int, other: str | None, branch: str | None = None) -> str:
     """``error`` with the fix the report offers: the library's messages name ``--trust`` and
     ``--overwrite`` of ``clusterprobe extract``, which the report does not have."""
     if isinstance(error, UnsafeCheckpointError):
@@ -207,7 +212,7 @@ def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayou
                 "it skips this one. If you trust the file, analyse it with `clusterprobe extract "
                 f"{checkpoint} --trust` and `clusterprobe metrics` instead.")
     if isinstance(error, FeatureBankError):
-        banks = " and ".join(str(layout.bank_path(split, epoch, other)) for split in split_of)
+        banks = " and ".join(str(layout.bank_path(split, epoch, other, branch)) for split in split_of)
         # extract's fix ("Choose another --out, or pass --overwrite") names options of `extract`
         text = re.sub(r" Choose another --out[^.]*\.", "", str(error))
         return (f"{text} (The report keeps its banks in {banks}: delete the damaged or different "
@@ -413,7 +418,10 @@ def _write_page(out: Path, runs_dir: Path, settings: ReportSettings, table: pd.D
                 runs: Sequence[Run], entries: list[FigureEntry], warnings: list[str],
                 metrics_csv: Path) -> Path:
     """The self-contained ``index.html``."""
-    html_tables = {"Runs": pd.DataFrame(describe_runs(list(runs))).set_index("run"),
+    described = pd.DataFrame(describe_runs(list(runs))).set_index("run")
+    if "branch" in table:
+        described.insert(2, "branch", table.groupby("run")["branch"].first().reindex(described.index))
+    html_tables = {"Runs": described,
                    **_last_epoch_tables(table)}
     return render_report_html(
         out / "index.html", "clusterprobe report", entries, html_tables,
