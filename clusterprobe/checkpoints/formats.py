@@ -80,6 +80,9 @@ def _weights(raw: Mapping) -> dict[str, torch.Tensor] | None:
             return strip_prefixes(raw[key])
     if _tensors(raw):
         return strip_prefixes(raw)
+    nested = [value for value in raw.values() if _tensors(value)]
+    if len(nested) == 1:  # one dict of weights under a name of the script's choosing
+        return strip_prefixes(nested[0])  # (lightly's tutorial: {"resnet18_parameters": ...})
     return None
 
 
@@ -341,6 +344,9 @@ def _lightly_backbone(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def lightly(raw: Mapping, state: Mapping[str, torch.Tensor]) -> Layout | None:
+    if "0.weight" in state and any(k.startswith("4.0.") for k in state):
+        # the backbone alone, as lightly's tutorials save it: nn.Sequential(*resnet.children()[:-1])
+        state = {f"backbone.{k}": v for k, v in state.items()}
     if not ("backbone.0.weight" in state and any(k.startswith("backbone.4.") for k in state)):
         return None
     dino_head = any(k.startswith("projection_head.last_layer") for k in state)
