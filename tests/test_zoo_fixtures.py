@@ -10,7 +10,6 @@ import types
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 import zoo
@@ -44,6 +43,7 @@ TOP_LEVEL = {
     "build_resa_cifar": {"epoch", "state_dict", "optimizer"},
     "build_resa_imagenet": {"epoch", "state_dict", "optimizer"},
     "build_mocov3": {"epoch", "arch", "state_dict", "optimizer", "scaler"},
+    "build_mocov3_vit": {"epoch", "arch", "state_dict", "optimizer", "scaler"},
     "build_swav": {"epoch", "state_dict", "optimizer", "amp"},
     "build_dino": {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", "fp16_scaler"},
     "build_dino_bnhead": {"student", "teacher", "optimizer", "epoch", "args", "dino_loss", "fp16_scaler"},
@@ -75,6 +75,18 @@ KEYS = {
         "module.predictor.0.weight": (64, 32), "module.predictor.3.weight": (32, 64),
     }, ["module.base_encoder.fc.0.bias", "module.base_encoder.fc.3.bias", "module.base_encoder.fc.4.weight",
         "module.predictor.4.running_mean", "module.predictor.3.bias", "module.base_encoder.fc.weight"])],
+    "build_mocov3_vit": [(S, {
+        "module.base_encoder.cls_token": (1, 1, 384), "module.base_encoder.pos_embed": (1, 197, 384),
+        "module.base_encoder.patch_embed.proj.weight": (384, 3, 16, 16),
+        "module.base_encoder.blocks.11.attn.qkv.weight": (1152, 384), "module.base_encoder.norm.weight": (384,),
+        "module.base_encoder.head.0.weight": (64, 384), "module.base_encoder.head.1.weight": (64,),
+        "module.base_encoder.head.3.weight": (64, 64), "module.base_encoder.head.6.weight": (32, 64),
+        "module.base_encoder.head.7.running_var": (32,), "module.momentum_encoder.head.7.running_mean": (32,),
+        "module.momentum_encoder.blocks.0.mlp.fc1.bias": (1536,),
+        "module.predictor.0.weight": (64, 32), "module.predictor.3.weight": (32, 64),
+        "module.predictor.4.running_var": (32,),
+    }, ["module.base_encoder.head.0.bias", "module.base_encoder.head.7.weight", "module.predictor.4.weight",
+        "module.base_encoder.fc.0.weight", "module.base_encoder.head.weight"])],
     "build_swav": [(S, {
         "module.conv1.weight": (64, 3, 7, 7), "module.layer4.2.conv3.weight": (2048, 512, 1, 1),
         "module.projection_head.0.weight": (64, 2048), "module.projection_head.1.running_var": (64,),
@@ -132,7 +144,7 @@ KEYS = {
 # VICReg: a function of the training script.)
 REFUSED_BY_WEIGHTS_ONLY = {"build_dino", "build_dino_bnhead", "build_vicreg"}
 
-HIDDEN_LAYERS = {"build_resa_cifar": 2, "build_resa_imagenet": 2, "build_mocov3": 1, "build_swav": 1,
+HIDDEN_LAYERS = {"build_resa_cifar": 2, "build_resa_imagenet": 2, "build_mocov3": 1, "build_mocov3_vit": 2, "build_swav": 1,
                  "build_dino": 2, "build_dino_bnhead": 2, "build_vicreg": 2, "build_barlowtwins": 2,
                  "build_lightly_byol": 1, "build_lightly_simclr": 1}
 
@@ -318,11 +330,27 @@ def test_z_is_what_each_loss_sees(built):
         assert simclr.branches["online"].projector[-1].affine
 
 
-def test_dino_vit_reference_equals_timm(built):
-    timm = pytest.importorskip("timm")
-    case = built("build_dino_vit")
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0)
-    model.load_state_dict(load(case), strict=True)
+@pytest.mark.parametrize("builder, heads, prefixes", [
+    ("build_dino_vit", 6, {"teacher": ""}),
+    ("build_mocov3_vit", 12, {"online": "module.base_encoder.", "momentum": "module.momentum_encoder."}),
+])
+def test_vit_reference_equals_timm(built, builder, heads, prefixes):
+    """DINO's ViT-S has 6 heads, MoCo v3's 12: the weights alone do not say which."""
+    pytest.importorskip("timm")
+    from timm.models.vision_transformer import VisionTransformer
+
+    case = built(builder)
+    raw = load(case)
+    raw = raw.get("state_dict", raw)
     x = images(case, n=2)
-    with torch.no_grad():
-        torch.testing.assert_close(case.branches["teacher"].h(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+    for branch, prefix in prefixes.items():
+        state = _strip(raw, prefix, ("head.",))
+        outputs = {}
+        for n in (heads, 18 - heads):
+            model = VisionTransformer(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=n, num_classes=0)
+            model.load_state_dict(state, strict=True)
+            with torch.no_grad():
+                outputs[n] = model.eval()(x)
+        with torch.no_grad():
+            torch.testing.assert_close(case.branches[branch].h(x), outputs[heads], rtol=1e-5, atol=1e-5)
+        assert (outputs[heads] - outputs[18 - heads]).abs().max() > 1e-2

@@ -37,6 +37,11 @@ MoCo v3, ``facebookresearch/moco-v3``
     Optimizer LARS (``moco/optimizer.py``, state ``mu``), scaler a GradScaler state dict.
     ``main_lincls.py`` keeps ``module.base_encoder.*`` minus ``fc``: the **base encoder** is
     evaluated. Z = ``fc`` output (affine-free BN), before the loss' L2 normalisation.
+    ViT (``vits.py``, ``MoCo_ViT``): timm 0.4.9's ``VisionTransformer`` (``--arch vit_small``:
+    dim 384, depth 12, **12 heads**, where DINO's ViT-S has 6; ``pos_embed`` a fixed 2-D sin-cos
+    parameter), projector in ``head`` with 3 layers ([Linear(no bias), BN, ReLU] x 2, Linear(no
+    bias), BN(affine=False): ``head.0/1/3/4/6/7``), and its predictor **does** end in an affine-free
+    BN (``predictor.4``), unlike the ResNet one. Default optimizer AdamW. H = CLS after the norm.
 SwAV, ``facebookresearch/swav``
     ``src/resnet50.py`` defines only ResNet-50 and its wider variants (so ResNet-50 here), with the
     same ``padding`` layer + 7x7 conv padding 2 stem as ReSA. ``projection_head`` =
@@ -102,6 +107,28 @@ lightly, ``lightly-ai/lightly``
     ...): ``build_lightly_tutorial``. Evaluation in lightly's examples and benchmarks uses the online
     ``backbone``.
 
+Where the official code differs from what the brief for these fixtures said:
+
+* DINO: the state dicts are **not** plain ``backbone.*``/``head.*``: ``student`` is always saved
+  from its DDP wrapper (``module.backbone.*``, ``module.head.*``), and ``teacher`` too whenever
+  the network has BatchNorm (every ResNet); only a BN-free ViT teacher has plain keys.
+* ReSA ImageNet (``winci-ai/resa``) has ``--pred`` on by default: its checkpoint also holds
+  ``module.predictor.*`` (online branch only); ``winci-ai/resa_cifar`` has no predictor.
+* VICReg's ``resnet.py`` defines resnet34 (smallest), resnet50, resnet101, resnet50x2/x4/x5,
+  resnet200x2: no resnet18, so the fixture uses ResNet-34, not ResNet-50.
+* SwAV also saves ``"amp"`` (apex loss-scaler state; ``use_fp16`` defaults to True).
+* lightly's examples (``examples/pytorch/byol.py``, ``simclr.py``) save nothing; the one save in
+  its tutorials writes ``{"resnet18_parameters": model.backbone.state_dict()}`` (keys ``0.*`` ..
+  ``7.*``, no ``backbone.`` prefix). ``SimCLRProjectionHead`` ends in an affine BatchNorm1d that
+  is part of Z; BYOL/SimCLR hidden Linears have no bias (``bias = not batch_norm``).
+* MoCo v3 writes ``checkpoint_%04d.pth.tar`` per epoch; ViT-S there has 12 heads (see above).
+* Barlow Twins' LARS filters are booleans (``weight_decay_filter=True``), not functions: only
+  VICReg's file needs a stub to unpickle.
+
+Fixture choices: projector widths 64/32 (DINO: hidden 64, bottleneck 32, out_dim 16), ResNet-18
+where ``--arch`` allows it; ``build_dino_vit``'s one branch is called ``teacher`` (the released
+backbone is DINO's teacher); ``build_lightly_tutorial``'s format is ``lightly``, branch ``online``.
+
 Optimizer state: the param groups are those of the official optimizer (its hyperparameters, its
 groups, VICReg's pickled function); the per-parameter state has the official keys and shapes but
 shares storage with the weights, so the files are no bigger than the weights.
@@ -125,6 +152,7 @@ __all__ = [
     "build_resa_cifar",
     "build_resa_imagenet",
     "build_mocov3",
+    "build_mocov3_vit",
     "build_swav",
     "build_dino",
     "build_dino_bnhead",
@@ -484,12 +512,25 @@ class _CustomOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
 
-def _optimizer_state(optimizer: torch.optim.Optimizer, key: str) -> dict:
-    """The optimizer's state dict after a step: ``key`` per parameter, sharing the weights' storage."""
+def _optimizer_state(optimizer: torch.optim.Optimizer, key: str | tuple[str, ...], step: int | None = None) -> dict:
+    """The optimizer's state dict after training: ``key`` (e.g. ``momentum_buffer``, ``mu``) for
+    every parameter that gets gradients (frozen momentum copies get none), sharing the weights'
+    storage so that the file stays as small as the weights; ``step`` as Adam keeps it."""
+    keys = (key,) if isinstance(key, str) else key
     for group in optimizer.param_groups:
         for p in group["params"]:
-            optimizer.state[p] = {key: p.detach()}
+            if p.requires_grad:
+                optimizer.state[p] = {k: p.detach() for k in keys}
+                if step is not None:
+                    optimizer.state[p]["step"] = torch.tensor(float(step))
     return optimizer.state_dict()
+
+
+def _freeze(*modules: nn.Module) -> None:
+    """``requires_grad = False``, as the official code sets it on momentum/teacher copies."""
+    for module in modules:
+        for p in module.parameters():
+            p.requires_grad_(False)
 
 
 def _grad_scaler_state() -> dict:
@@ -527,6 +568,7 @@ class _ReSA(nn.Module):
 def _build_resa(tmp_path, *, cifar: bool, seed: int, mlp_dim: int, emb: int, epoch: int) -> ZooCheckpoint:
     model = _ReSA(cifar=cifar, arch=18, mlp_dim=mlp_dim, emb=emb, mlp_layers=3, predictor=not cifar)
     randomise(model, _generator(seed))
+    _freeze(model.momentum_encoder, model.momentum_projector)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.3 if cifar else 0.5, momentum=0.9,
                                 weight_decay=1e-4 if cifar else 1e-5)
     path = _folder(tmp_path) / "checkpoint.pth.tar"
@@ -575,6 +617,7 @@ def build_mocov3(tmp_path, *, seed: int = 3, dim: int = 32, mlp_dim: int = 64, e
     """MoCo v3 ResNet-18 (``--arch resnet18``, torchvision): projector in ``fc``, predictor."""
     model = _MoCoResNet(18, dim, mlp_dim)
     randomise(model, _generator(seed))
+    _freeze(model.momentum_encoder)
     optimizer = _CustomOptimizer(model.parameters(), dict(lr=0.6, weight_decay=1e-6, momentum=0.9,
                                                           trust_coefficient=0.001))
     path = _folder(tmp_path) / f"checkpoint_{epoch - 1:04d}.pth.tar"
@@ -589,6 +632,41 @@ def build_mocov3(tmp_path, *, seed: int = 3, dim: int = 32, mlp_dim: int = 64, e
         "z": "base_encoder.fc output: Linear-BN-ReLU-Linear-BN(affine=False), before L2 normalisation",
         "predictor": "module.predictor.* = Linear-BN-ReLU-Linear (no last BN), online branch only",
         "eval_branch": "base encoder (main_lincls keeps module.base_encoder.* minus fc)",
+    })
+
+
+class _MoCoViT(nn.Module):
+    def __init__(self, dim: int, mlp_dim: int):
+        super().__init__()
+        self.base_encoder = VisionTransformer(224, 16, 384, 12, 12)  # vits.vit_small: 12 heads, not 6
+        self.momentum_encoder = VisionTransformer(224, 16, 384, 12, 12)
+        for encoder in (self.base_encoder, self.momentum_encoder):
+            encoder.head = mlp((384, mlp_dim, mlp_dim, dim), bias=False, last=nn.BatchNorm1d(dim, affine=False))
+        self.predictor = mlp((dim, mlp_dim, dim), bias=False, last=nn.BatchNorm1d(dim, affine=False))
+
+
+def build_mocov3_vit(tmp_path, *, seed: int = 13, dim: int = 32, mlp_dim: int = 64, epoch: int = 300) -> ZooCheckpoint:
+    """MoCo v3 ViT-S/16 (``--arch vit_small``: timm 0.4.9 ViT with 12 heads), projector in ``head``."""
+    model = _MoCoViT(dim, mlp_dim)
+    randomise(model, _generator(seed))
+    _freeze(model.momentum_encoder)
+    model.base_encoder.pos_embed.requires_grad_(False)  # fixed 2-D sin-cos embedding
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-4 * 4096 / 256, weight_decay=0.1)
+    path = _folder(tmp_path) / f"checkpoint_{epoch - 1:04d}.pth.tar"
+    torch.save({"epoch": epoch, "arch": "vit_small", "state_dict": _ddp(model.state_dict()),
+                "optimizer": _optimizer_state(optimizer, ("exp_avg", "exp_avg_sq"), step=313 * epoch),
+                "scaler": _grad_scaler_state()}, path)
+    branches = {"online": _reference(model.base_encoder, model.base_encoder.head),
+                "momentum": _reference(model.momentum_encoder, model.momentum_encoder.head)}
+    return ZooCheckpoint(path, "mocov3", "online", branches, 224, {
+        "source": "facebookresearch/moco-v3 (vits.py, moco/builder.py MoCo_ViT)",
+        "arch": "vit_small: patch 16, dim 384, depth 12, **12 heads**, LayerNorm eps 1e-6, qkv bias (timm 0.4.9 "
+                "VisionTransformer); pos_embed a fixed 2-D sin-cos parameter",
+        "stem": "patch embedding 16x16", "head_activation": "relu",
+        "h": "CLS token after the final norm (timm forward_features)",
+        "z": "base_encoder.head output: 3 layers, Linear(no bias)-BN-ReLU x2, Linear(no bias)-BN(affine=False)",
+        "predictor": "module.predictor.*: Linear-BN-ReLU-Linear-BN(affine=False) (the ViT one has a last BN)",
+        "eval_branch": "base encoder (main_lincls keeps module.base_encoder.* minus head)",
     })
 
 
