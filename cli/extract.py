@@ -47,6 +47,8 @@ def extract(
     args_json: Optional[Path] = typer.Option(None, "--args-json", help="solo-learn's args.json, if not beside the checkpoint."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize + center-crop images to this size (imagefolder)."),
     skip_unreadable: bool = typer.Option(False, "--skip-unreadable", help="Leave out images that cannot be decoded (listed in the bank's meta.json)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Normalisation mean per channel, e.g. 0.5,0.5,0.5 (default: the data set's; imagefolder: measured on its images)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Normalisation std per channel (see --mean)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
@@ -58,7 +60,8 @@ def extract(
     loaded = _load(checkpoint, branch=branch, trust=trust, args_json=args_json, stem_padding=stem_padding,
                    head_activation=head_activation, vit_heads=vit_heads)
     data = checkpoint_dataset(loaded, dataset, split=split, root=data_root, download=download,
-                              image_size=image_size, skip_unreadable=skip_unreadable)
+                              image_size=image_size, skip_unreadable=skip_unreadable,
+                              mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     bank = extract_features(
         loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
         num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation,
@@ -129,6 +132,15 @@ def layers(
     stages = model.stage_paths()
     shown = ", ".join(stages[:4]) + (f" ... {stages[-1]}" if len(stages) > 4 else "")
     typer.echo(f"Any module path is a layer too, e.g. {shown}.")
+
+
+def _floats(text: str | None, flag: str):
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in split_list(text) or [])
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes numbers separated by commas, e.g. 0.5,0.5,0.5; got {text!r}.")
 
 
 def _load(checkpoint: Path, *, warn: bool = True, **options):

@@ -5,7 +5,10 @@ Known data sets (:data:`DATASETS`):
 - ``cifar10`` / ``cifar100``: torchvision's on-disk format (``cifar-10-batches-py/`` under the
   root; downloaded only with ``download=True``) or an ImageFolder tree ``root/<split>/<class>/``.
   CIFAR-100 also carries its 20 super-class ("coarse") labels.
-- ``imagefolder``: any ``root/<class>/*.jpg`` tree (or ``root/<split>/<class>/``).
+- ``imagefolder``: any ``root/<class>/*.jpg`` tree (or ``root/<split>/<class>/``), normalised
+  with its own per-channel statistics (:func:`image_statistics`: measured on an evenly spread
+  sample of the train split, the same for both splits, recorded in the description) unless
+  ``mean``/``std`` are given.
 - ``digits``: scikit-learn's 8x8 handwritten digits (1,797 real images, shipped with
   scikit-learn, no files needed): the embedded default. Split deterministically, stratified,
   75 % train / 25 % test (seed 0).
@@ -23,7 +26,9 @@ those that cannot be decoded; they are listed in the data set's ``description["s
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import warnings
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +49,7 @@ SPLITS = ("train", "test")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Pixel statistics of scikit-learn's digits scaled to [0, 1] (all 1,797 images).
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3760,)
 
@@ -384,9 +390,61 @@ def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageD
             f"{root}/{split}/<class>/*.jpg)."
         )
     folder = _image_folder(folder_root)
-    info = DatasetInfo("imagefolder", len(folder.classes), image_size, 3,
-                       tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD))
-    return _from_image_folder(folder, info, {"name": "imagefolder", "root": str(folder_root.resolve())})
+    description = {"name": "imagefolder", "root": str(folder_root.resolve())}
+    if mean is None or std is None:
+        # one normalisation for both splits: measured on the train split where there is one
+        source = root / "train" if _class_tree(root / "train") else folder_root
+        measured = image_statistics(source, image_size=image_size)
+        if measured["images"]:
+            mean, std = mean or measured["mean"], std or measured["std"]
+            description["statistics"] = measured
+        else:  # nothing readable: reading the data set says which files and what to do
+            mean, std = mean or IMAGENET_MEAN, std or IMAGENET_STD
+    info = DatasetInfo("imagefolder", len(folder.classes), image_size, 3, tuple(mean), tuple(std))
+    return _from_image_folder(folder, info, description)
+
+
+STATISTICS_SAMPLE = 1000
+
+
+@functools.lru_cache(maxsize=32)
+def _statistics(root: str, image_size: int | None, sample: int) -> tuple:
+    folder = _image_folder(Path(root))
+    n = len(folder.samples)
+    picks = np.unique(np.linspace(0, n - 1, min(sample, n)).round().astype(int))
+    steps = ([T.Resize(image_size), T.CenterCrop(image_size)] if image_size else []) + [T.ToTensor()]
+    transform = T.Compose(steps)
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    pixels = 0
+    used = 0
+    for index in picks:
+        try:
+            x = transform(_decode(folder.samples[index][0])).double().numpy()
+        except _IMAGE_READ_ERRORS:
+            continue  # a damaged file is reported (or skipped) where the data set reads it
+        total += x.sum(axis=(1, 2))
+        squares += (x ** 2).sum(axis=(1, 2))
+        pixels += x.shape[1] * x.shape[2]
+        used += 1
+    if not used:
+        return None, None, 0, n
+    mean = total / pixels
+    std = np.sqrt(np.maximum(squares / pixels - mean ** 2, 0))
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(max(v, 1e-3)), 4) for v in std), used, n
+
+
+def image_statistics(root: str | os.PathLike, *, image_size: int | None = None,
+                     sample: int = STATISTICS_SAMPLE) -> dict[str, Any]:
+    """Per-channel mean and std of the RGB images of an ImageFolder tree, in [0, 1].
+
+    Measured on ``sample`` images spread evenly over the tree's file list (deterministic), after
+    the evaluation resize when ``image_size`` is given; cached per process. Returns ``mean``,
+    ``std`` (3 values each, rounded to 4 decimals), ``images`` (how many were read), ``of``
+    (how many the tree holds) and ``root``.
+    """
+    mean, std, used, total = _statistics(str(Path(root).resolve()), image_size, int(sample))
+    return {"mean": list(mean or ()), "std": list(std or ()), "images": used, "of": total, "root": str(Path(root).resolve())}
 
 
 def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDataset:
@@ -402,6 +460,12 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
             raise DatasetError(
                 f"{root / split} has {len(folder.classes)} class folders; {name} has {num_classes}."
             )
+        if not is_100 and sorted(folder.classes) != sorted(CIFAR10_CLASSES):
+            warnings.warn(
+                f"{root / split} has 10 class folders but not CIFAR-10's ({', '.join(folder.classes[:4])}, "
+                f"...; CIFAR-10's are {', '.join(CIFAR10_CLASSES[:4])}, ...): it is read as cifar10 with "
+                "CIFAR-10's normalisation and labels in the folders' sorted order. For other images use "
+                "--dataset imagefolder, which measures their own statistics.", UserWarning, stacklevel=3)
         coarse = coarse_classes = None
         if is_100:
             unknown = [c for c in folder.classes if c not in CIFAR100_COARSE_OF]

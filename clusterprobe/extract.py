@@ -132,19 +132,22 @@ def checkpoint_dataset(
     download: bool = False,
     image_size: int | None = None,
     skip_unreadable: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> LabeledImageDataset:
     """The data set to extract ``checkpoint`` on, with its evaluation transform.
 
     ``name`` defaults to the data set the checkpoint names (``digits`` when it names none or
     one this toolkit does not know); CIFAR's ``root`` defaults to :data:`DEFAULT_DATA_ROOT`.
-    ``skip_unreadable`` leaves out images that cannot be decoded (listed in the bank's meta.json).
+    ``skip_unreadable`` leaves out images that cannot be decoded (listed in the bank's meta.json);
+    ``mean``/``std`` replace the normalisation (imagefolder: its own measured statistics).
     """
     if name is None:
         name = checkpoint.dataset if checkpoint.dataset in DATASETS else "digits"
     if root is None and name in ("cifar10", "cifar100"):
         root = DEFAULT_DATA_ROOT
     return load_dataset(name, root=root, split=split, download=download, image_size=image_size,
-                        skip_unreadable=skip_unreadable)
+                        skip_unreadable=skip_unreadable, mean=mean, std=std)
 
 
 @dataclass

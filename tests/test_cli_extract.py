@@ -1,3 +1,4 @@
+import json
 import numpy as np
 from typer.testing import CliRunner
 
@@ -69,3 +70,14 @@ def test_a_damaged_bank_is_refused_not_reused_and_overwrite_repairs_it(own_check
     assert result.exit_code == 1 and "meta.json is not valid JSON" in result.output
     assert runner.invoke(app, args + ["--overwrite"]).exit_code == 0
     np.testing.assert_array_equal(FeatureBank.open(out)["H"], reference)
+
+
+def test_mean_and_std_options_set_the_normalisation(own_checkpoint, tmp_path):
+    path, _, _ = own_checkpoint
+    result = runner.invoke(app, ["extract", str(path), "--dataset", "digits", "--layers", "H",
+                                 "--out", str(tmp_path / "bank"), "--mean", "0.5", "--std", "0.25"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
+    assert meta["dataset"]["info"]["mean"] == [0.5] and meta["dataset"]["info"]["std"] == [0.25]
+    result = runner.invoke(app, ["extract", str(path), "--mean", "half"])
+    assert result.exit_code != 0 and "--mean takes numbers" in result.output

@@ -79,3 +79,56 @@ def test_unknown_dataset_and_split():
         load_dataset("cifar-10")
     with pytest.raises(DatasetError, match="'train' or 'test'"):
         load_dataset("digits", split="val")
+
+
+def _digits_tree(root, split, n_per_class=5):
+    """Grayscale digit images as PNG files in an ImageFolder tree (not ImageNet-like at all)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    offset = 0 if split == "train" else 500
+    for label in range(3):
+        folder = root / split / str(label)
+        folder.mkdir(parents=True)
+        picks = np.flatnonzero(digits.target == label)[offset // 100: offset // 100 + n_per_class]
+        for i in picks:
+            pixels = np.clip(np.rint(digits.images[i] * 255 / 16), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def test_imagefolder_is_normalised_with_its_own_statistics_from_the_train_split(tmp_path):
+    _digits_tree(tmp_path, "train")
+    _digits_tree(tmp_path, "test")
+    train = load_dataset("imagefolder", root=tmp_path, split="train")
+    test = load_dataset("imagefolder", root=tmp_path, split="test")
+    files = sorted((tmp_path / "train").rglob("*.png"))
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB"), dtype=np.float64) / 255 for f in files])
+    expected_mean, expected_std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+    np.testing.assert_allclose(train.info.mean, expected_mean, atol=1e-4)
+    np.testing.assert_allclose(train.info.std, expected_std, atol=1e-4)
+    assert test.info.mean == train.info.mean and test.info.std == train.info.std  # one normalisation
+    assert train.description["statistics"]["images"] == len(files)
+    assert abs(train.info.mean[0] - 0.485) > 0.1  # not ImageNet's
+    # normalised train pixels have mean 0 and std 1 per channel
+    batch = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(float(batch.mean())) < 1e-3 and abs(float(batch.std()) - 1) < 1e-2
+    given = load_dataset("imagefolder", root=tmp_path, split="test", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert given.info.mean == (0.5,) * 3 and "statistics" not in given.description
+
+
+def test_cifar10_on_folders_with_other_class_names_warns(tmp_path):
+    for name in "abcdefghij":
+        (tmp_path / "test" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "test" / name / "0.png")
+    with pytest.warns(UserWarning, match="not CIFAR-10's.*--dataset imagefolder"):
+        load_dataset("cifar10", root=tmp_path, split="test")
+
+
+def test_training_on_imagefolder_without_image_size_suggests_the_images_size(tmp_path):
+    from clusterprobe.errors import TrainConfigError
+    from clusterprobe.trainer import train
+
+    _digits_tree(tmp_path / "data", "train")
+    with pytest.raises(TrainConfigError, match=r"--image-size.*8x8 pixels: --image-size 8"):
+        train({"dataset": "imagefolder", "data_root": str(tmp_path / "data"), "out": str(tmp_path / "run"),
+               "epochs": 1, "batch_size": 4, "width": 4, "progress": False})

@@ -176,7 +176,13 @@ def build_data(config: TrainConfig, env: distributed.DistributedEnv, say: Say = 
                         image_size=config.image_size)
     image_size = config.image_size or base.info.image_size
     if image_size is None:
-        raise TrainConfigError(f"Set image_size for the {config.dataset} data set (e.g. 224).")
+        size = ""
+        if len(base) and hasattr(base, "_images"):
+            first, _ = base[0]
+            size = (f" Its first image is {first.width}x{first.height} pixels: --image-size "
+                    f"{min(first.size)} keeps that size (every image is resized and centre-cropped to it).")
+        raise TrainConfigError(f"Set image_size (--image-size) for the {config.dataset} data set: training "
+                               f"needs one size for all images.{size}")
     cifar_stem = config.cifar_stem if config.cifar_stem is not None else image_size <= 64
     views = two_view_transform(config.views, image_size, base.info.mean, base.info.std,
                                config.crop_scale, config.blur, config.flip)
