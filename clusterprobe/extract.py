@@ -239,7 +239,13 @@ def extract_features(
             return _mark_reused(existing, True)
         with _lock_on_rank0(job, out, key) as waited:
             # Under the lock: the process we waited for may have finished this very bank.
-            existing = _reusable_bank(out, key, overwrite and not waited) if env.is_main else None
+            existing, failure = None, None
+            if env.is_main:
+                try:
+                    existing = _reusable_bank(out, key, overwrite and not waited)
+                except Exception as error:  # noqa: BLE001 - e.g. a damaged bank: told to the other ranks
+                    failure = error
+            _stop_with_rank0(job, failure, f"check the feature bank at {out}")
             flag = torch.tensor([int(existing is not None)], device=job.device)
             if int(distributed.all_reduce_(flag).item()):
                 return _mark_reused(FeatureBank.open(out), True)
