@@ -34,6 +34,7 @@ from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
 from .figures import (fine_vs_coarse_figure, layer_comparison_figure, save_figure,
                       training_dynamics_figure, umap_figure)
+from . import tables as page_tables
 from .html import FigureEntry, render_report_html
 
 #: (metric, panel title) of the layer-comparison figure (the paper's Fig. 3).
@@ -423,11 +424,20 @@ def _write_page(out: Path, runs_dir: Path, settings: ReportSettings, table: pd.D
         described.insert(2, "branch", table.groupby("run")["branch"].first().reindex(described.index))
     html_tables = {"Runs": described,
                    **_last_epoch_tables(table)}
+    summary, summary_warnings = page_tables.summary(table)
+    paper = {}
+    for split, files in page_tables.write_paper_tables(table, out / "tables").items():
+        values, stds = page_tables.paper_table(table, split)
+        links = " ".join(f"<a href='tables/{p.name}'>{kind.upper() if kind == 'md' else 'LaTeX'}</a>"
+                         for kind, p in files.items())
+        paper[f"Paper table: last epoch ({split} split)"] = (page_tables.to_frame(values, stds), (
+            "Mean ± std over k-means seeds where the metric is seeded; best per column in bold "
+            f"(higher is better). Download: {links}"))
     return render_report_html(
         out / "index.html", "clusterprobe report", entries, html_tables,
         settings={"runs folder": runs_dir.resolve(), **dataclasses.asdict(settings),
                   "metrics table": metrics_csv.name},
-        warnings=warnings,
+        warnings=[*summary_warnings, *warnings], summary=summary, html_tables=paper,
         intro="Clustering properties of each run's encoder output <b>H</b>, projector hidden layers "
               "<b>P0, P1</b> and embedding <b>Z</b>. The tidy table of every number is in "
               f"<code>{metrics_csv.name}</code> beside this page.",

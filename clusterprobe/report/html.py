@@ -24,6 +24,7 @@ table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1.5em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f5f5f5; } td:first-child, th:first-child { text-align: left; }
 .warning { background: #fff7e0; border-left: 4px solid #f0b400; padding: 0.4em 0.8em; margin: 0.3em 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
 code { background: #f4f4f4; padding: 0 3px; }
 """
 
@@ -49,8 +50,14 @@ def render_report_html(
     settings: Mapping[str, object],
     warnings: Sequence[str] = (),
     intro: str = "",
+    summary: pd.DataFrame | None = None,
+    html_tables: Mapping[str, tuple[pd.DataFrame, str]] | None = None,
 ) -> Path:
-    """Write the report page atomically and return its path."""
+    """Write the report page atomically and return its path.
+
+    ``summary`` is shown first, under the intro; ``tables`` are plain tables (numbers to 4
+    decimals); ``html_tables`` maps a title to (a table of ready HTML cells, a note in HTML under
+    it). Every table scrolls sideways instead of overflowing the page."""
     out_path = Path(out_path)
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -60,6 +67,8 @@ def render_report_html(
     ]
     if intro:
         parts.append(f"<p>{intro}</p>")
+    if summary is not None and not summary.empty:
+        parts.append("<h2>Summary</h2><div class='scroll'>" + summary.to_html(na_rep="–", border=0) + "</div>")
     if warnings:
         parts.append("<h2>Warnings</h2>")
         parts += [f"<div class='warning'>{html.escape(w)}</div>" for w in warnings]
@@ -71,8 +80,11 @@ def render_report_html(
         parts.append(f"<h2>{html.escape(entry.title)}</h2><figure>{_image_tag(entry.png, entry.title)}"
                      f"<figcaption>{entry.caption} {('Download: ' + links) if links else ''}</figcaption></figure>")
     for name, table in tables.items():
-        parts.append(f"<h2>{html.escape(name)}</h2>")
-        parts.append(table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="–", border=0))
+        parts.append(f"<h2>{html.escape(name)}</h2><div class='scroll'>")
+        parts.append(table.to_html(float_format=lambda v: f"{v:.4f}", na_rep="–", border=0) + "</div>")
+    for name, (table, note) in (html_tables or {}).items():
+        parts.append(f"<h2>{html.escape(name)}</h2><div class='scroll'>")
+        parts.append(table.to_html(escape=False, na_rep="–", border=0) + f"</div><p class='meta'>{note}</p>")
     parts.append("<h2>Settings</h2><table>")
     for key, value in settings.items():
         parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>")
