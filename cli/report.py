@@ -37,6 +37,7 @@ def report(
     seeds: int = typer.Option(3, "--seeds", help="k-means seeds."),
     branch: Optional[str] = typer.Option(None, "--branch", help="online, momentum, teacher or student instead of each checkpoint's default branch (cached apart)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (errors and warnings are still shown). Without it: a bar on a terminal, one line per finished step with the elapsed and remaining time in a log."),
 ) -> None:
     """Extract, measure and plot every run below RUNS_DIR; reuses every cached bank and metric."""
     from clusterprobe.devices import limit_threads
@@ -50,7 +51,7 @@ def report(
         cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
         device=device, umap=umap, metric_overrides={"seeds": seeds}, branch=branch,
     )
-    _print_result(build_report(runs_dir, out, settings))
+    _print_result(build_report(runs_dir, out, settings, progress=not quiet))
 
 
 @friendly_errors

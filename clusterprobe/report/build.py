@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import json
 import re
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -85,29 +87,105 @@ class ReportResult:
 
 
 class _Progress:
-    """One progress display for the whole job (rich), or silence."""
+    """The report's one progress display, on stderr: a rich bar on a terminal, plain lines in a log
+    (``nohup ... > log 2>&1``), or nothing.
 
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    ``mode``: True or "auto" (the bar when stderr is a terminal, else lines), "bar", "lines", or
+    False/None (silent). Lines: one per finished step, at most one every ``every`` seconds (the
+    last step always), e.g. ``[report] resa epoch 10: banks ready (2/12 steps, 1m20s elapsed,
+    about 9m left)``; the estimate assumes the remaining steps take as long as the finished ones
+    on average. A step that runs long (metrics of many epochs) gets a "still working" line after
+    ``heartbeat`` seconds of silence.
+    """
 
+    def __init__(self, total: int, mode: bool | str | None = True, every: float = 5.0,
+                 heartbeat: float = 60.0, stream=None):
+        if mode is True or mode == "auto":
+            mode = "bar" if _is_terminal(stream or sys.stderr) else "lines"
+        if mode not in ("bar", "lines", False, None):
+            raise ValueError(f"progress must be True, False, 'auto', 'bar' or 'lines', got {mode!r}")
+        self.mode = mode or None
+        self.enabled = self.mode is not None
+        self.total, self.done = total, 0
+        self.every, self.heartbeat = every, heartbeat
+        self._stream = stream
+        self._started = self._last_line = time.monotonic()
+        self._printed_once = False
+        self._text = ""
+        if self.mode == "bar":
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            console = Console(file=stream) if stream is not None else Console(stderr=True)
             self._progress = Progress(TextColumn("[bold]report[/]"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("{task.description}"))
+                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.description}"),
+                                      console=console)
             self._progress.start()
             self._task = self._progress.add_task("", total=total)
 
     def describe(self, text: str) -> None:
-        if self.enabled:
+        """What is being worked on now (the bar shows it; lines only after a long silence)."""
+        self._text = text
+        if self.mode == "bar":
             self._progress.update(self._task, description=text)
+        elif self.mode == "lines" and time.monotonic() - self._last_line >= self.heartbeat:
+            self._line(f"still working: {text}")
 
-    def advance(self, amount: int = 1) -> None:
-        if self.enabled:
+    def add_total(self, amount: int) -> None:
+        """Steps found (or, negative, dropped) after the start."""
+        self.total = max(self.done, self.total + amount)
+        if self.mode == "bar":
+            self._progress.update(self._task, total=self.total)
+
+    def advance(self, amount: int = 1, done: str | None = None) -> None:
+        """``amount`` steps finished; ``done`` says which (default: the current description)."""
+        self.done += amount
+        if self.mode == "bar":
             self._progress.advance(self._task, amount)
+        elif self.mode == "lines":
+            now = time.monotonic()
+            if not self._printed_once or now - self._last_line >= self.every or self.done >= self.total:
+                self._line(done or self._text or "step finished")
+
+    def _line(self, what: str) -> None:
+        elapsed = time.monotonic() - self._started
+        counts = f"{self.done}/{self.total} steps, {_duration(elapsed)} elapsed"
+        if self.done >= self.total:
+            rest = "nothing left"
+        elif self.done:
+            rest = f"about {_duration(elapsed / self.done * (self.total - self.done))} left"
+        else:
+            rest = "time left unknown yet"
+        stream = self._stream or sys.stderr
+        print(f"[report] {what} ({counts}, {rest})", file=stream, flush=True)
+        self._last_line, self._printed_once = time.monotonic(), True
 
     def close(self) -> None:
-        if self.enabled:
+        if self.mode == "bar":
             self._progress.stop()
+        self.mode, self.enabled = None, False
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``1m20s``, ``9m``, ``1h05m``: short enough for a log line."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 10:
+        return f"{minutes}m{seconds:02d}s" if seconds else f"{minutes}m"
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
 
 
 def _cache_root(run: Run, out: Path) -> Path:
@@ -146,7 +224,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
         dataset_name, data = _datasets_for(run, settings, data_cache)
     except ClusterprobeError as error:
         warnings.append(f"run {run.name} skipped: {error}")
-        progress.advance(len(epochs))
+        progress.advance(len(epochs), done=f"{run.name}: skipped (see the warnings)")
         return None
     layout = RunLayout(_cache_root(run, out))
     other_dataset = None if dataset_name == (run.dataset or dataset_name) else dataset_name
@@ -165,7 +243,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                     f"run {run.name} skipped: its checkpoints have mixed architectures (epoch {epoch} "
                     f"differs from epoch {reference[0]}); keep one architecture per run directory."
                 )
-                progress.advance(len(epochs) - position)
+                progress.advance(len(epochs) - position, done=f"{run.name}: skipped (see the warnings)")
                 return None
             wanted = _layers_of(loaded, settings)
             banks = {split: _report_bank(
@@ -176,10 +254,11 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
             warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch, other_dataset, branch)}")
             failed_epochs.append(epoch)
+            progress.advance(done=f"{run.name} epoch {epoch}: skipped (see the warnings)")
         else:
             done_epochs.append(epoch)
             test_bank = banks["test"].path
-        progress.advance()
+            progress.advance(done=f"{run.name} epoch {epoch}: banks ready")
     if not done_epochs:
         if settings.epochs is None:
             warnings.append(f"run {run.name} skipped: none of its checkpoints could be analysed "
@@ -191,8 +270,12 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                             f"epochs {_epoch_list(run.epochs)})")
         return None
     overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
+    progress.describe(f"{run.name}: metrics")
     # only the requested layers: a reused bank may hold more
-    table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted, **overrides).copy()
+    table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted,
+                     progress=lambda message: progress.describe(f"{run.name} metrics: {message}"),
+                     **overrides).copy()
+    progress.advance(done=f"{run.name}: metrics ready ({len(done_epochs)} epochs)")
     table["run"] = run.name
     table["method"] = run.method or table["method"]
     table["branch"] = loaded.branch
@@ -256,16 +339,24 @@ def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
     return [layer for layer in settings.layers if layer in loaded.model.layer_names() or "." in layer]
 
 
-def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings):
+def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings,
+                     bar: _Progress | None = None):
     from .embedding import cached_bank_embedding
 
+    banks = {run_name: FeatureBank.open(path) for run_name, path in test_banks.items()}
+    jobs = [(run_name, layer) for run_name, bank in banks.items() for layer in _requested(bank, settings)]
+    if bar is not None:
+        bar.add_total(len(jobs))
     embeddings, class_names = {}, None
-    for run_name, path in test_banks.items():
-        bank = FeatureBank.open(path)
+    for run_name, layer in jobs:
+        bank = banks[run_name]
         class_names = class_names or bank.class_names
-        for layer in _requested(bank, settings):
-            embeddings[(run_name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
-                                                                  max_points=settings.umap_max_points)
+        if bar is not None:
+            bar.describe(f"UMAP {run_name} {layer}")
+        embeddings[(run_name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
+                                                              max_points=settings.umap_max_points)
+        if bar is not None:
+            bar.advance(done=f"UMAP {run_name} {layer} ready")
     return embeddings, class_names
 
 
@@ -302,11 +393,15 @@ def build_report(
     out: str | Path | None = None,
     settings: ReportSettings | None = None,
     *,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> ReportResult:
     """Analyse every run below ``runs_dir`` and write the report to ``out`` (default ``runs_dir/report``).
 
     Returns the paths written, the tidy metrics table and the warnings (skipped runs/epochs).
+
+    ``progress`` (on stderr): True (default) = a bar on a terminal and plain lines with the
+    elapsed time and an estimate of what is left otherwise (a log); "bar" or "lines" to choose;
+    False = quiet (the warnings are still returned in the result).
 
     Raises:
         ReportError: no run was found, or none could be analysed (the reasons are listed).
@@ -316,7 +411,8 @@ def build_report(
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
     runs, warnings = _runs_to_report(runs_dir, out)
-    total = sum(len(_epochs_to_report(run, settings)) for run in runs)
+    # steps: each epoch's banks, each run's metrics, the figures and page (UMAP adds its own)
+    total = sum(len(_epochs_to_report(run, settings)) + 1 for run in runs) + 1
     # one report at a time per output folder: two would interleave figures, tables and caches
     with exclusive_lock(out, wait=False, what=f"the report folder {out}"), \
             _closing(_Progress(total, progress)) as bar:
@@ -327,6 +423,7 @@ def build_report(
         metrics_csv = out / "metrics.csv"
         atomic_write(metrics_csv, lambda f: table.to_csv(f, index=False), mode="w")
         index = _write_page(out, runs_dir, settings, table, analysed, entries, warnings, metrics_csv)
+        bar.advance(done=f"figures and page written: {index}")
     return ReportResult(index, metrics_csv, table, figures, warnings)
 
 
@@ -361,6 +458,8 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
         if analysed is not None:
             tables.append(analysed[0])
             test_banks[run.name] = analysed[1]
+        elif _epochs_to_report(run, settings):
+            bar.add_total(-1)  # a skipped run has no metrics step
     if not tables:
         raise ReportError("No run could be analysed: " + "; ".join(warnings))
     return pd.concat(tables, ignore_index=True), test_banks
@@ -393,7 +492,7 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
         warnings.append("only one epoch per run: the training-dynamics figure needs several")
     if settings.umap:
         bar.describe("UMAP")
-        embeddings, class_names = _umap_embeddings(test_banks, out, settings)
+        embeddings, class_names = _umap_embeddings(test_banks, out, settings, bar)
         if embeddings:
             add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
                 f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
