@@ -34,7 +34,7 @@ from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
 from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
-from .figures import (fine_vs_coarse_figure, layer_comparison_figure, save_figure,
+from .figures import (describe_settings, fine_vs_coarse_figure, layer_comparison_figure, save_figure,
                       training_dynamics_figure, umap_figure)
 from . import tables as page_tables
 from .html import FigureEntry, render_report_html
@@ -46,9 +46,10 @@ COMPARISON_PANELS = (
     ("ari", "ARI (k-means)"),
     ("nmi", "NMI (k-means)"),
     ("linear_top1", "Linear probe top-1"),
+    ("knn_top1", "kNN top-1"),
 )
 #: panels of the training-dynamics figure (the paper's Fig. 4).
-DYNAMICS_PANELS = COMPARISON_PANELS + (("knn_top1", "kNN top-1"),)
+DYNAMICS_PANELS = COMPARISON_PANELS
 COARSE_PANELS = (("nmi", "NMI"), ("ari", "ARI"), ("silhouette_true", "Silhouette (mean)"))
 
 
@@ -75,6 +76,7 @@ class ReportSettings:
     formats: tuple[str, ...] = ("png", "pdf")
     metric_overrides: dict = field(default_factory=dict)
     branch: str | None = None
+    same_axes: bool = True
 
 
 @dataclass
@@ -475,19 +477,24 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
     def add(name: str, title: str, fig, caption: str) -> None:
         paths = save_figure(fig, out / "figures", name, formats=settings.formats)
         figures[name] = paths.get("png") or next(iter(paths.values()))
-        downloads = {fmt: p for fmt, p in paths.items() if fmt != "png"}
+        downloads = dict(paths)  # the full-size PNG and the PDF
         if "png" in paths:
             entries.append(FigureEntry(title, paths["png"], caption, downloads))
 
     add("layer_comparison", "Layers compared at the last epoch",
         layer_comparison_figure(table, COMPARISON_PANELS),
         "Per run, the last epoch's metrics of each layer on the test split: H (circles), "
-        "P0/P1, Z (crosses). Silhouette uses ground-truth classes; ARI/NMI use k-means with k = "
-        "number of classes (mean &plusmn; std over seeds).")
+        "P0/P1, Z (crosses); hollow markers: the same layer at epoch 0 (the random initialisation), "
+        "dotted line: chance (1 / classes for accuracies, 0 for ARI/NMI). Silhouette: mean over "
+        "samples against the ground-truth classes; its spread is the std of the per-sample values. "
+        "ARI/NMI: k-means with k = number of classes (mean &plusmn; std over seeds). "
+        f"Settings: {describe_settings(table)}.")
     if table["epoch"].nunique() > 1:
         add("training_dynamics", "Training dynamics per layer",
-            training_dynamics_figure(table, DYNAMICS_PANELS),
-            "Each metric against the epoch, one line per layer, one row per run.")
+            training_dynamics_figure(table, DYNAMICS_PANELS, same_axes=settings.same_axes),
+            "Each metric against the epoch, one line per layer, one row per run"
+            + (", with one y-range per metric for all runs" if settings.same_axes else ", each panel zoomed on its run")
+            + f"; dotted line: chance. Settings: {describe_settings(table)}.")
     else:
         warnings.append("only one epoch per run: the training-dynamics figure needs several")
     if settings.umap:

@@ -7,6 +7,7 @@ over seeds). Every function returns a matplotlib ``Figure``; :func:`save_figure`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -44,6 +45,37 @@ def _style_axes(ax, title: str, ylabel: str | None = None) -> None:
     ax.tick_params(labelsize=9)
 
 
+#: Metrics whose chance level is 1 / number of classes (accuracies), and those whose chance is 0.
+CHANCE_ONE_OVER_K = frozenset({"linear_top1", "knn_top1", "cluster_acc"})
+CHANCE_ZERO = frozenset({"ari", "nmi"})
+
+
+def chance_level(table: pd.DataFrame, metric: str) -> float | None:
+    """What a random representation scores: 1 / classes for accuracies (classes = the k-means k
+    recorded in the table, which defaults to the number of classes), 0 for ARI and NMI."""
+    if metric in CHANCE_ZERO:
+        return 0.0
+    if metric in CHANCE_ONE_OVER_K and "k" in table:
+        k = pd.to_numeric(table.loc[table["metric"].isin(["nmi", "ari"]), "k"], errors="coerce").dropna()
+        if len(k):
+            return 1.0 / float(k.iloc[0])
+    return None
+
+
+def _chance_line(ax, table: pd.DataFrame, metric: str) -> None:
+    level = chance_level(table, metric)
+    if level is not None:
+        ax.axhline(level, color="#888", linestyle=":", linewidth=1, label="chance", zorder=0)
+
+
+def _same_limits(axes_by_metric: Mapping[str, list]) -> None:
+    """One y-range per metric across all its panels (runs), so panels compare at a glance."""
+    for axes in axes_by_metric.values():
+        lows, highs = zip(*(ax.get_ylim() for ax in axes))
+        for ax in axes:
+            ax.set_ylim(min(lows), max(highs))
+
+
 def _select(table: pd.DataFrame, split: str | None) -> pd.DataFrame:
     """Rows of one split: ``split`` if it has rows, else ``test``, else the first split present."""
     if "split" not in table or table["split"].nunique() <= 1:
@@ -57,6 +89,7 @@ def layer_comparison_figure(
     table: pd.DataFrame,
     panels: Sequence[tuple[str, str]],
     split: str | None = "test",
+    reference_epoch: int | None = 0,
 ) -> plt.Figure:
     """The paper's Fig. 3: per run (method), the last epoch's metrics for each layer.
 
@@ -65,9 +98,14 @@ def layer_comparison_figure(
         panels: (metric name in the table, panel title) pairs, e.g.
             ``[("silhouette_mean", "Silhouette (mean)"), ("ari", "ARI")]``.
         split: which bank's rows to plot (falls back to any when that split has none).
+        reference_epoch: drawn as hollow markers beside each run's last epoch where the run has
+            it (epoch 0 = the random initialisation); None draws none. A dotted line marks the
+            chance level of accuracies (1 / classes) and of ARI/NMI (0).
     """
     table = _select(table, split)
     last = table[table["epoch"] == table.groupby("run")["epoch"].transform("max")]
+    reference = (table[(table["epoch"] == reference_epoch) & (table["epoch"] != table.groupby("run")["epoch"].transform("max"))]
+                 if reference_epoch is not None else table.iloc[0:0])
     runs = sorted(last["run"].unique())
     requested, panels = panels, [(m, t) for m, t in panels if m in set(last["metric"])]
     if not panels:
@@ -86,6 +124,13 @@ def layer_comparison_figure(
             ax.errorbar(x, chosen["value"].to_numpy(dtype=float), yerr=yerr, fmt=style["marker"],
                         color=style["color"], markersize=8 if layer in ("H", "Z") else 6,
                         capsize=2, linestyle="none", label=layer)
+            initial = reference[(reference["metric"] == metric) & (reference["layer"] == layer)]
+            initial = initial.set_index("run").reindex(runs)["value"].to_numpy(dtype=float)
+            if np.isfinite(initial).any():
+                ax.plot(x, initial, linestyle="none", marker=style["marker"], markerfacecolor="none",
+                        markeredgecolor=style["color"], alpha=0.6, markersize=7,
+                        label=f"epoch {reference_epoch}" if layer == layers[0] else None)
+        _chance_line(ax, table, metric)
         ax.set_xticks(np.arange(len(runs)))
         ax.set_xticklabels([_run_label(last, r) for r in runs], rotation=30, ha="right", fontsize=9)
         _style_axes(ax, title)
@@ -109,8 +154,12 @@ def training_dynamics_figure(
     table: pd.DataFrame,
     panels: Sequence[tuple[str, str]],
     split: str | None = "test",
+    same_axes: bool = True,
 ) -> plt.Figure:
-    """The paper's Fig. 4: metric vs epoch, one line per layer, one column per metric, one row per run."""
+    """The paper's Fig. 4: metric vs epoch, one line per layer, one column per metric, one row per run.
+
+    ``same_axes``: one y-range per metric for all runs (compare runs at a glance); False zooms
+    each panel on its own run. A dotted line marks the chance level where it is known."""
     table = _select(table, split)
     runs = sorted(table["run"].unique())
     requested, panels = panels, [(m, t) for m, t in panels if m in set(table["metric"])]
@@ -119,6 +168,7 @@ def training_dynamics_figure(
                           "are in the table; compute at least one of them (metrics=...).")
     fig, axes = plt.subplots(len(runs), len(panels), figsize=(3.2 * len(panels), 2.7 * len(runs)),
                              squeeze=False, sharex="row")
+    by_metric: dict[str, list] = {}
     for row, run in enumerate(runs):
         rows = table[table["run"] == run]
         for col, (metric, title) in enumerate(panels):
@@ -133,9 +183,13 @@ def training_dynamics_figure(
                     low = series["value"] - series["std"].fillna(0)
                     high = series["value"] + series["std"].fillna(0)
                     ax.fill_between(series["epoch"], low, high, color=style["color"], alpha=0.15)
+            _chance_line(ax, table, metric)
+            by_metric.setdefault(metric, []).append(ax)
             _style_axes(ax, title if row == 0 else "", _run_label(table, run).replace("\n", " ") if col == 0 else None)
             if row == len(runs) - 1:
                 ax.set_xlabel("epoch")
+    if same_axes:
+        _same_limits(by_metric)
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, title="layer", loc="upper right", fontsize=8, title_fontsize=8)
@@ -231,3 +285,26 @@ def save_figure(fig: plt.Figure, folder: str | Path, name: str, formats: Sequenc
         paths[fmt] = path
     plt.close(fig)
     return paths
+
+
+def describe_settings(table: pd.DataFrame) -> str:
+    """The settings behind the plotted numbers, for a figure caption, read from the table itself
+    (e.g. "k-means: k 10, seeds 0,1,2, L2-normalised; silhouette: cosine; linear probe: lbfgs")."""
+    parts = []
+    for metric, label in (("nmi", "k-means"), ("silhouette_true", "silhouette"),
+                          ("linear_top1", "linear probe"), ("knn_top1", "kNN")):
+        rows = table[table["metric"] == metric]
+        if rows.empty:
+            continue
+        row = rows.iloc[0]
+        details = []
+        for column, name in (("k", "k"), ("seeds", "seeds"), ("distance", ""), ("protocol", ""), ("evaluation", "")):
+            value = row.get(column)
+            if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+                continue
+            value = int(value) if column == "k" else value
+            details.append(f"{name} {value}".strip())
+        if metric == "nmi" and row.get("normalize") is True:
+            details.append("L2-normalised")
+        parts.append(f"{label}: {', '.join(details)}" if details else label)
+    return "; ".join(parts)

@@ -1,0 +1,54 @@
+"""References and comparable axes in the report's figures (issue 10 items 1 and 2)."""
+
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+
+from clusterprobe.report.figures import chance_level, layer_comparison_figure, training_dynamics_figure
+
+
+def tidy():
+    rows = []
+    for run, scale in (("resa", 1.0), ("byol", 0.2)):
+        for epoch in (0, 5):
+            for layer in ("H", "Z"):
+                for metric in ("nmi", "linear_top1"):
+                    value = scale * (0.1 + 0.1 * epoch / 5 + (0.05 if layer == "H" else 0) + (0.3 if metric == "linear_top1" else 0))
+                    rows.append(dict(run=run, method=run, epoch=epoch, layer=layer, split="test", metric=metric,
+                                     value=value, std=math.nan, k=10 if metric == "nmi" else None))
+    return pd.DataFrame(rows)
+
+
+def test_chance_levels():
+    table = tidy()
+    assert chance_level(table, "linear_top1") == 0.1 and chance_level(table, "nmi") == 0.0
+    assert chance_level(table, "silhouette_true") is None
+
+
+def test_layer_comparison_draws_the_random_initialisation_and_chance():
+    table = tidy()
+    fig = layer_comparison_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")])
+    linear = fig.axes[1]
+    chance = [line for line in linear.get_lines() if line.get_label() == "chance"]
+    assert len(chance) == 1 and np.allclose(chance[0].get_ydata(), 0.1)
+    hollow = [line for line in linear.get_lines() if line.get_markerfacecolor() == "none"]
+    assert len(hollow) == 2  # epoch 0 of H and of Z, for both runs
+    runs = sorted(table["run"].unique())
+    expected_h = [table.query(f"run == '{r}' and epoch == 0 and layer == 'H' and metric == 'linear_top1'")["value"].item()
+                  for r in runs]
+    assert any(np.allclose(line.get_ydata(), expected_h) for line in hollow)
+    assert {"H", "Z", "epoch 0", "chance"} <= {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+
+
+def test_training_dynamics_share_one_y_range_per_metric_unless_zoomed():
+    table = tidy()
+    shared = training_dynamics_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")])
+    axes = np.array(shared.axes[:4]).reshape(2, 2)
+    assert axes[0][0].get_ylim() == axes[1][0].get_ylim() and axes[0][1].get_ylim() == axes[1][1].get_ylim()
+    zoomed = training_dynamics_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")], same_axes=False)
+    axes = np.array(zoomed.axes[:4]).reshape(2, 2)
+    assert axes[0][0].get_ylim() != axes[1][0].get_ylim()
