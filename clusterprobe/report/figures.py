@@ -7,7 +7,6 @@ over seeds). Every function returns a matplotlib ``Figure``; :func:`save_figure`
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -300,11 +299,11 @@ def describe_settings(table: pd.DataFrame) -> str:
         details = []
         for column, name in (("k", "k"), ("seeds", "seeds"), ("distance", ""), ("protocol", ""), ("evaluation", "")):
             value = row.get(column)
-            if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+            if value is None or pd.isna(value) or str(value) == "":
                 continue
             value = int(value) if column == "k" else value
             details.append(f"{name} {value}".strip())
-        if metric == "nmi" and row.get("normalize") is True:
+        if metric == "nmi" and not pd.isna(row.get("normalize")) and bool(row.get("normalize")):
             details.append("L2-normalised")
         parts.append(f"{label}: {', '.join(details)}" if details else label)
     return "; ".join(parts)
