@@ -35,11 +35,12 @@ def report(tmp_path_factory):
 def test_report_writes_page_figures_and_table(report):
     runs, result = report
     assert result.index_html == runs / "report" / "index.html" and result.warnings == []
-    for name in ("layer_comparison", "training_dynamics", "umap"):
+    for name in ("layer_comparison", "training_dynamics", "umap", "per_class"):
         assert result.figures[name].stat().st_size > 10_000
         assert (runs / "report" / "figures" / f"{name}.pdf").exists()
     page = result.index_html.read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Last-epoch metrics (test split)" in page
+    assert page.count("data:image/png;base64,") == 4 and "Last-epoch metrics (test split)" in page
+    assert "href='figures/per_class.pdf'" in page and "href='figures/per_class.png'" in page
     table = pd.read_csv(result.metrics_csv)
     assert set(table["run"]) == {"resa", "byol"} and set(table["layer"]) == {"H", "P0", "P1", "Z"}
     assert sorted(table.loc[table["run"] == "resa", "epoch"].unique()) == [0, 1, 2]

@@ -34,7 +34,7 @@ from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
 from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
-from .figures import (describe_settings, fine_vs_coarse_figure, layer_comparison_figure, save_figure,
+from .figures import (describe_settings, fine_vs_coarse_figure, layer_comparison_figure, per_class_figure, save_figure,
                       training_dynamics_figure, umap_figure)
 from . import tables as page_tables
 from .html import FigureEntry, render_report_html
@@ -77,6 +77,7 @@ class ReportSettings:
     metric_overrides: dict = field(default_factory=dict)
     branch: str | None = None
     same_axes: bool = True
+    per_class: bool = True
 
 
 @dataclass
@@ -367,6 +368,19 @@ def _requested(bank, settings: ReportSettings) -> list[str]:
     return [layer for layer in bank.layers if layer in settings.layers]
 
 
+def _per_class_views(test_banks: dict[str, Path], settings: ReportSettings):
+    """{run: {layer: PerClassView}} of each run's last test bank, and the class names."""
+    from .per_class import per_class_view
+
+    views, class_names = {}, None
+    for run_name, path in test_banks.items():
+        bank = FeatureBank.open(path)
+        class_names = class_names or bank.class_names
+        views[run_name] = {layer: per_class_view(bank.features(layer), bank.labels, device=settings.device)
+                           for layer in _requested(bank, settings)}
+    return views, class_names
+
+
 def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path,
                   settings: ReportSettings) -> pd.DataFrame | None:
     """Fine vs coarse clustering metrics at the last epoch, for banks with coarse labels."""
@@ -504,6 +518,16 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
             add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
                 f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
                 f"(at most {settings.umap_max_points} points per panel), coloured by class.")
+    if settings.per_class and test_banks:
+        bar.describe("per-class views")
+        views, class_names = _per_class_views(test_banks, settings)
+        if views:
+            add("per_class", "Per class at the last epoch", per_class_figure(views, class_names),
+                "For each run and layer at its last epoch (test split): top, the k-means clusters "
+                "(k = classes, seed 0) against the classes, clusters matched to classes as for the "
+                "clustering accuracy, each row the share of a class's samples per cluster (a clean "
+                "clustering is a bright diagonal); bottom, the mean cosine silhouette of each class's "
+                "samples against the true classes.")
     coarse = _coarse_table(runs, test_banks, out, settings)
     if coarse is not None:
         add("fine_vs_coarse", "Fine vs coarse labels", fine_vs_coarse_figure(coarse, COARSE_PANELS),

@@ -307,3 +307,39 @@ def describe_settings(table: pd.DataFrame) -> str:
             details.append("L2-normalised")
         parts.append(f"{label}: {', '.join(details)}" if details else label)
     return "; ".join(parts)
+
+
+def per_class_figure(views: Mapping[str, Mapping[str, object]], class_names: Sequence[str] | None = None) -> plt.Figure:
+    """Per run (rows) and layer: the matched cluster/class contingency heatmap (row-normalised:
+    the share of each class in each cluster) and, below it, the silhouette of each class.
+
+    ``views``: {run: {layer: PerClassView}}.
+    """
+    runs = list(views)
+    layers = _layer_order({layer for per_layer in views.values() for layer in per_layer})
+    fig, axes = plt.subplots(2 * len(runs), len(layers), figsize=(2.9 * len(layers), 4.6 * len(runs)),
+                             squeeze=False, gridspec_kw={"height_ratios": [3, 1.2] * len(runs)})
+    for r, run in enumerate(runs):
+        for c, layer in enumerate(layers):
+            heat, bars = axes[2 * r][c], axes[2 * r + 1][c]
+            view = views[run].get(layer)
+            if view is None:
+                heat.axis("off"), bars.axis("off")
+                continue
+            shares = view.contingency / np.maximum(view.contingency.sum(axis=1, keepdims=True), 1)
+            heat.imshow(shares, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+            heat.set_title(f"{run}: {layer} (ACC {view.accuracy:.2f})", fontsize=9)
+            heat.set_xlabel("cluster (matched)", fontsize=8)
+            heat.set_ylabel("class", fontsize=8)
+            heat.tick_params(labelsize=7)
+            colors = [layer_style(layer)["color"] if v >= 0 else "#999" for v in view.silhouette]
+            bars.bar(np.arange(len(view.silhouette)), view.silhouette, color=colors)
+            bars.axhline(0, color="#444", linewidth=0.8)
+            bars.set_ylabel("silhouette", fontsize=8)
+            bars.tick_params(labelsize=7)
+            if class_names is not None and len(class_names) == len(view.silhouette) and len(class_names) <= 20:
+                bars.set_xticks(np.arange(len(class_names)))
+                bars.set_xticklabels(class_names, rotation=60, ha="right", fontsize=6)
+    fig.suptitle("Per class at the last epoch: k-means clusters vs classes, and silhouette per class", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
