@@ -72,7 +72,7 @@ class ReportSettings:
     batch_size: int = 256
     device: str = "auto"
     umap: bool = True
-    umap_max_points: int = 3000
+    umap_max_points: int = 2000  # per embedding, stratified by class (UMAP's cost grows with it)
     formats: tuple[str, ...] = ("png", "pdf")
     metric_overrides: dict = field(default_factory=dict)
     branch: str | None = None
@@ -516,7 +516,7 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
         embeddings, class_names = _umap_embeddings(test_banks, out, settings, bar)
         if embeddings:
             add("umap", "UMAP per layer", umap_figure(embeddings, class_names),
-                f"UMAP (cosine, 15 neighbours) of each layer's test features at the last epoch "
+                f"UMAP (cosine, 15 neighbours, 200 epochs) of each layer's test features at the last epoch "
                 f"(at most {settings.umap_max_points} points per panel), coloured by class.")
     if settings.per_class and test_banks:
         bar.describe("per-class views")
