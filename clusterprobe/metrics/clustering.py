@@ -11,7 +11,10 @@ FAISS by default trains on at most 256 points per centroid, silently subsampling
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -28,6 +31,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, threads_for
 from ..linalg import l2_normalize
+from ._stream import chunk_rows, chunks, fits, read
 from ._validation import (
     MetricsError,
     as_features,
@@ -145,6 +149,13 @@ def kmeans(
     Returns a :class:`KMeansResult`: ``labels`` (n_seeds, n), ``centroids`` (n_seeds, k, d),
     ``objective`` (n_seeds,).
 
+    Extra memory (host): about 8 n (labels) + 12 n per seed running at once (FAISS's assignment
+    and distance buffers) + 8 k d + FAISS's blocks of 4096 x k distances, plus, with
+    ``normalize`` and n d 4 bytes over the working-memory budget (256 MiB), ~256 MiB of chunks
+    while the normalised rows are written to a scratch file (n d 4 bytes of disk, in
+    ``CLUSTERPROBE_SCRATCH`` or the temporary directory) that FAISS then reads as a memory map.
+    ``X`` itself (an array or a read-only memory map, e.g. a feature bank) is never copied.
+
     Raises:
         MetricsError: bad shapes, k out of range, bad seeds, niter, tol or init.
         NonFiniteFeaturesError: NaN or infinite features.
@@ -168,7 +179,46 @@ def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, nite
     faiss = faiss_module()
     method = _init_method(faiss, init)
     gpu = faiss_use_gpu(device)
-    data = l2_normalize(X) if normalize else X
+    with _kmeans_data(X, normalize) as data:
+        return _kmeans_on(data, k, seeds, normalize, niter, tol, init, faiss, method, gpu)
+
+
+@contextmanager
+def _kmeans_data(X: np.ndarray, normalize: bool):
+    """The rows FAISS clusters: ``X`` itself, or its L2-normalised rows with ``normalize``.
+
+    FAISS reads its input in blocks of rows, so an array or memory map is used as it is. The
+    normalised rows are made in memory when they fit in the working-memory budget
+    (:func:`~._stream.memory_budget`); otherwise they are written chunk by chunk to a scratch
+    file (in ``CLUSTERPROBE_SCRATCH``, else the temporary directory; n d 4 bytes of disk, removed
+    at once) and memory-mapped, so host memory stays bounded whatever n.
+    """
+    if not normalize:
+        yield X
+        return
+    n, d = X.shape
+    if fits(4.0 * n * d):
+        yield l2_normalize(X)
+        return
+    folder = os.environ.get("CLUSTERPROBE_SCRATCH") or tempfile.gettempdir()
+    handle, path = tempfile.mkstemp(prefix="clusterprobe-kmeans-", suffix=".npy", dir=folder)
+    os.close(handle)
+    try:
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+        for start, stop in chunks(n, chunk_rows(8 * d, minimum=64)):
+            out[start:stop] = l2_normalize(read(X, start, stop))
+        out.flush()
+        del out
+        data = np.load(path, mmap_mode="r")
+    finally:
+        os.unlink(path)  # the open map keeps the file's pages until it is closed
+    yield data
+
+
+def _kmeans_on(data: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float,
+               init: str, faiss, method, gpu: bool) -> KMeansResult:
+    """:func:`_kmeans` on the rows FAISS clusters (``data``, normalised already if asked)."""
+    n, d = data.shape
     labels = np.empty((len(seeds), n), dtype=np.int64)
     centroids = np.empty((len(seeds), k, d), dtype=np.float32)
     objective = np.empty(len(seeds), dtype=np.float64)
@@ -213,13 +263,17 @@ def _pair(labels_true, labels_pred) -> tuple[np.ndarray, np.ndarray]:
 def nmi(labels_true, labels_pred) -> float:
     """Normalised mutual information of ``labels_pred`` (n,) with ``labels_true`` (n,).
 
-    Arithmetic mean normalisation, as scikit-learn's ``normalized_mutual_info_score``.
+    Arithmetic mean normalisation, as scikit-learn's ``normalized_mutual_info_score``. Extra
+    memory: O(n) (a sparse contingency table); no features involved.
     """
     return _nmi(*_pair(labels_true, labels_pred))
 
 
 def ari(labels_true, labels_pred) -> float:
-    """Adjusted Rand index of ``labels_pred`` (n,) with ``labels_true`` (n,), scikit-learn's."""
+    """Adjusted Rand index of ``labels_pred`` (n,) with ``labels_true`` (n,), scikit-learn's.
+
+    Extra memory: O(n) (a sparse contingency table); no features involved.
+    """
     return _ari(*_pair(labels_true, labels_pred))
 
 
@@ -305,7 +359,8 @@ def cluster_validity(X, result: KMeansResult, *, metrics=LABEL_FREE) -> dict[str
 
     Label-free: computed on the features ``X`` (n, d) k-means saw (L2-normalised when
     ``result.normalize``) for each seed's clustering, via scikit-learn. Returns
-    ``{name: (mean, std)}`` over seeds.
+    ``{name: (mean, std)}`` over seeds. Normalised rows as in :func:`kmeans` (in memory or a
+    scratch file); scikit-learn then copies one cluster's rows at a time (about n d 4 / k bytes).
     """
     X = as_features(X, "features")
     if X.shape[0] != result.labels.shape[1]:
@@ -320,10 +375,10 @@ def cluster_validity(X, result: KMeansResult, *, metrics=LABEL_FREE) -> dict[str
 
 def _validity(X: np.ndarray, result: KMeansResult, metrics) -> dict[str, tuple[float, float]]:
     """:func:`cluster_validity` on validated features ``X`` (n, d) float32."""
-    data = l2_normalize(X) if result.normalize else X
     out = {}
-    for name in metrics:
-        values = np.array([_label_free_one(name, data, labels) for labels in result.labels])
-        values = values[np.isfinite(values)]
-        out[name] = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
+    with _kmeans_data(X, result.normalize) as data:  # no normalised copy of a bank-sized X
+        for name in metrics:
+            values = np.array([_label_free_one(name, data, labels) for labels in result.labels])
+            values = values[np.isfinite(values)]
+            out[name] = (float(values.mean()), float(values.std())) if values.size else (math.nan, math.nan)
     return out

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from ..devices import resolve_device
-from ..linalg import l2_normalize
 from . import clustering, probes, silhouette, spectra
 from ._validation import check_k, check_two_classes
 from .cache import MetricsCache, pair_data_id, settings_hash, unit_settings
@@ -133,12 +132,13 @@ def _silhouette_rows(work: _SplitWork, by_name: dict[str, _Context]) -> list[Met
     if "silhouette_kmeans" in by_name:
         label_sets.extend(list(work.kmeans.labels))
         owners.extend(["kmeans"] * len(work.kmeans.labels))
-    # cosine distances ignore row norms; only the Euclidean silhouette depends on normalisation
-    X = l2_normalize(work.X) if s.normalize and s.distance == "euclidean" else work.X
+    # cosine distances ignore row norms; only the Euclidean silhouette depends on normalisation,
+    # applied to the rows as they are read (no normalised copy of a bank-sized array)
+    normalize = bool(s.normalize and s.distance == "euclidean")
     # a single cluster has no silhouette; the labels' range is checked by the silhouette itself
     usable = [i for i, labels in enumerate(label_sets) if np.unique(labels).size >= 2]
     stats = dict(zip(usable, silhouette._stats_multi(
-        X, [label_sets[i] for i in usable], s.distance, s.silhouette_sample_size, 0, s.device,
+        work.X, [label_sets[i] for i in usable], s.distance, s.silhouette_sample_size, 0, s.device, normalize,
     )))
     common = {"normalize": s.normalize, "distance": s.distance}
     rows = []

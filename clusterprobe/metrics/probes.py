@@ -23,7 +23,9 @@ use a stratified hold-out of the train features, and say so in the result.
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +34,7 @@ import torch
 from ..devices import resolve_device
 from ._device import faiss_search, threads_for
 from ..linalg import l2_normalize
+from ._stream import RowSubset, chunk_rows, chunks, fits, memory_budget, read, take
 from ._validation import (
     MetricsError,
     as_features,
@@ -61,7 +64,11 @@ class ProbeResult:
 
 @dataclass
 class Split:
-    """Train and test arrays for a probe plus a description of where the test set came from."""
+    """Train and test arrays for a probe plus a description of where the test set came from.
+
+    The feature arrays may be memory maps, or :class:`~._stream.RowSubset` views of one (a
+    hold-out split): the probes read them in chunks of rows.
+    """
 
     X_train: np.ndarray
     y_train: np.ndarray
@@ -93,7 +100,8 @@ def _holdout_split(X: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> 
     )
     kind = "stratified" if stratify is not None else "unstratified (a class has too few samples)"
     evaluation = f"holdout {fraction:.0%} {kind}, seed {seed}"
-    return Split(X[idx_train], y[idx_train], X[idx_test], y[idx_test], evaluation)
+    # the rows stay where they are (a memory-mapped bank is not copied); labels are O(n)
+    return Split(RowSubset(X, idx_train), y[idx_train], RowSubset(X, idx_test), y[idx_test], evaluation)
 
 
 def make_split(X_train, y_train, X_test=None, y_test=None, *, holdout: float = 0.2, seed: int = 0,
@@ -136,20 +144,97 @@ def _encode_classes(y_train: np.ndarray, y_test: np.ndarray) -> tuple[np.ndarray
     return classes, train_codes.astype(np.int64), test_codes.astype(np.int64)
 
 
-def _topk_accuracy(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Fraction of rows of ``scores`` (m, C) whose top-k columns contain ``targets`` (m,)."""
+def _topk_hits(scores: np.ndarray, targets: np.ndarray, k: int) -> int:
+    """Number of rows of ``scores`` (m, C) whose top-k columns contain ``targets`` (m,)."""
     if k == 1:
-        return float(np.mean(scores.argmax(axis=1) == targets))
+        return int(np.count_nonzero(scores.argmax(axis=1) == targets))
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    return float(np.mean((top == targets[:, None]).any(axis=1)))
+    return int(np.count_nonzero((top == targets[:, None]).any(axis=1)))
 
 
-def _accuracies(scores: np.ndarray, targets: np.ndarray) -> tuple[float, float | None]:
-    C = scores.shape[1]
-    return _topk_accuracy(scores, targets, 1), (_topk_accuracy(scores, targets, 5) if C > 5 else None)
+class _Hits:
+    """Top-1 and top-5 hits summed over chunks of test rows; :meth:`accuracies` as fractions."""
+
+    def __init__(self, num_classes: int):
+        self.top1 = self.top5 = self.m = 0
+        self.five = num_classes > 5
+
+    def add(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        self.top1 += _topk_hits(scores, targets, 1)
+        if self.five:
+            self.top5 += _topk_hits(scores, targets, 5)
+        self.m += len(targets)
+
+    def accuracies(self) -> tuple[float, float | None]:
+        return self.top1 / self.m, (self.top5 / self.m if self.five else None)
 
 
 # -- linear probe ---------------------------------------------------------------------------
+class _Rows:
+    """A probe's features as float32 tensors on ``device``, standardised as they are read.
+
+    ``X`` is an array, a read-only memory map or a :class:`RowSubset` (n, d); ``scale`` is None
+    or the (mean, inverse) float32 rows of a standardisation. The rows are *resident* (one
+    tensor) when that costs no copy (unstandardised float32 on the CPU: the tensor shares ``X``'s
+    memory), when the standardised copy fits in the working-memory budget, or, on a GPU, when it
+    fits in half of the GPU's free memory (sent chunk by chunk). Otherwise they are read from
+    ``X`` whenever asked for, ``chunk`` rows (within the budget) at a time.
+    """
+
+    def __init__(self, X, scale, device: torch.device, bytes_per_row: float = 0.0):
+        self.X, self.scale, self.device = X, scale, device
+        self.n, self.d = int(X.shape[0]), int(X.shape[1])
+        # the chunk, its standardised copy and the caller's per-row buffers within the budget
+        self.chunk = chunk_rows(8 * self.d + bytes_per_row, minimum=64)
+        self.resident = self._resident()
+
+    def _resident(self) -> torch.Tensor | None:
+        X, nbytes = self.X, 4.0 * self.n * self.d
+        if isinstance(X, torch.Tensor):
+            return X
+        if self.device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            out = torch.empty((self.n, self.d), dtype=torch.float32, device=self.device)
+            for start, stop in chunks(self.n, self.chunk):
+                out[start:stop] = self._host(start, stop)
+            return out
+        if self.device.type == "cpu" and self.scale is None and isinstance(X, np.ndarray) \
+                and X.dtype == np.float32 and X.flags.c_contiguous:
+            return _tensor(X, self.device)  # shares X's memory (a memory map stays one)
+        if fits(nbytes):
+            return _tensor(self._prepare(np.asarray(X)), self.device)
+        return None
+
+    def _prepare(self, block: np.ndarray) -> np.ndarray:
+        if self.scale is None:
+            return block
+        mean, inverse = self.scale
+        return (block - mean) * inverse
+
+    def _host(self, start: int, stop: int) -> torch.Tensor:
+        return _tensor(self._prepare(read(self.X, start, stop)), self.device)
+
+    def pieces(self):
+        """(start, stop, rows) over all rows: one piece when resident and the caller's buffers fit."""
+        if self.resident is not None and self.n <= self.chunk:
+            yield 0, self.n, self.resident
+            return
+        for start, stop in chunks(self.n, self.chunk):
+            yield start, stop, (self.resident[start:stop] if self.resident is not None else self._host(start, stop))
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (a tensor on ``device``), in that order."""
+        if self.resident is not None:
+            return self.resident[index]
+        return _tensor(self._prepare(take(self.X, index.cpu().numpy())), self.device)
+
+
+def _tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X).to(device)
+
+
 def _loss_and_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, penalty: float):
     """Mean cross-entropy of softmax(XW + b) plus ``penalty * ||W||^2``, and its gradients.
 
@@ -169,18 +254,47 @@ def _loss_and_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.T
     return loss, grad_W, grad_b
 
 
-def _preconditioner(X: torch.Tensor, rows: int = 20000, damping: float = 1e-2) -> torch.Tensor:
+def _loss_and_grad_rows(rows: _Rows, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, penalty: float):
+    """:func:`_loss_and_grad` over all of ``rows``, a chunk at a time when they are not one piece
+    (sums of the chunks' cross-entropies and gradients, divided by n at the end)."""
+    pieces = rows.pieces()
+    first = next(pieces)
+    if first[1] - first[0] == rows.n:
+        return _loss_and_grad(first[2], y, W, b, penalty)
+    total = torch.zeros((), dtype=torch.float64, device=W.device)
+    grad_W, grad_b = torch.zeros_like(W), torch.zeros_like(b)
+    for start, stop, X in itertools.chain([first], pieces):
+        target = y[start:stop]
+        logits = torch.addmm(b, X, W)
+        lse = torch.logsumexp(logits, dim=1)
+        total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum(dtype=torch.float64)
+        probs = logits.sub_(lse[:, None]).exp_()
+        probs[torch.arange(stop - start, device=X.device), target] -= 1.0
+        grad_W += torch.mm(probs.T, X).T
+        grad_b += probs.sum(dim=0)
+    n = rows.n
+    loss = (total / n).to(W.dtype) + penalty * (W * W).sum()
+    return loss, grad_W / n + (2.0 * penalty) * W, grad_b / n
+
+
+def _preconditioner(X, rows: int = 20000, damping: float = 1e-2) -> torch.Tensor:
     """(Sigma + delta I)^(-1/2), Sigma the second-moment matrix of (a sample of) the rows of X.
 
     Multinomial logistic regression's Hessian is roughly Sigma (x) softmax curvature, so
     optimising V with W = M V makes it nearly isotropic: L-BFGS then needs ~25 evaluations
     instead of ~200 on correlated features, and still solves exactly the same problem.
-    ``delta = damping * mean eigenvalue`` keeps near-constant directions harmless.
+    ``delta = damping * mean eigenvalue`` keeps near-constant directions harmless. ``X`` is a
+    tensor or :class:`_Rows`; at most ``rows`` rows are read (O(rows d + d^2) memory).
     """
-    n, d = X.shape
+    source = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    n, d = source.n, source.d
     if n > rows:
-        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rows].to(X.device)
-        X = X[idx]
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rows].to(source.device)
+        X = source.take(idx)
+    elif source.resident is not None:
+        X = source.resident
+    else:
+        X = torch.cat([piece for _, _, piece in source.pieces()])  # at most `rows` rows
     sigma = (X.T @ X).double() / X.shape[0]
     evals, evecs = torch.linalg.eigh(sigma)
     evals = evals.clamp(min=0)
@@ -188,16 +302,18 @@ def _preconditioner(X: torch.Tensor, rows: int = 20000, damping: float = 1e-2) -
     return ((evecs * (evals + delta).rsqrt()) @ evecs.T).to(X.dtype)
 
 
-def _fit_lbfgs(X: torch.Tensor, y: torch.Tensor, C_classes: int, C: float, max_iter: int, tol: float):
+def _fit_lbfgs(X, y: torch.Tensor, C_classes: int, C: float, max_iter: int, tol: float):
     """Minimise mean CE(XW + b) + ||W||^2 / (2 C n) with full-batch L-BFGS; returns (W, b).
 
+    ``X`` is a (n, d) tensor or :class:`_Rows` (read a chunk at a time when not resident).
     L-BFGS runs on V with W = M V (M from :func:`_preconditioner`); ``tol`` bounds the largest
     gradient entry with respect to (V, b).
     """
-    n, d = X.shape
-    M = _preconditioner(X)
-    V = torch.zeros((d, C_classes), dtype=X.dtype, device=X.device)
-    b = torch.zeros(C_classes, dtype=X.dtype, device=X.device)
+    rows = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    n, d = rows.n, rows.d
+    M = _preconditioner(rows)
+    V = torch.zeros((d, C_classes), dtype=M.dtype, device=rows.device)
+    b = torch.zeros(C_classes, dtype=M.dtype, device=rows.device)
     penalty = 0.5 / (C * n)
     optimizer = torch.optim.LBFGS(
         [V, b],
@@ -211,7 +327,7 @@ def _fit_lbfgs(X: torch.Tensor, y: torch.Tensor, C_classes: int, C: float, max_i
     )
 
     def closure():
-        loss, grad_W, b.grad = _loss_and_grad(X, y, M @ V, b, penalty)
+        loss, grad_W, b.grad = _loss_and_grad_rows(rows, y, M @ V, b, penalty)
         V.grad = M @ grad_W  # M is symmetric: d loss / dV = M^T d loss / dW
         return loss
 
@@ -224,11 +340,13 @@ def _fit_reference(
     lr: float, lr_final: float, weight_decay: float, seed: int,
 ):
     """The reference protocol: Linear + Adam, LR decaying exponentially from lr (first epoch) to
-    lr_final (last epoch), shuffled mini-batches; seeded."""
-    n, d = X.shape
+    lr_final (last epoch), shuffled mini-batches; seeded. ``X`` is a (n, d) tensor or
+    :class:`_Rows` (each batch gathered from the memory map when not resident)."""
+    rows = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    n, d = rows.n, rows.d
     generator = torch.Generator().manual_seed(seed)
     # skip_init: the layer's own initialisation would draw from torch's global RNG
-    layer = torch.nn.utils.skip_init(torch.nn.Linear, d, C_classes).to(X.device)
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, d, C_classes).to(rows.device)
     with torch.no_grad():  # seeded initialisation (PyTorch's default scheme), local generator
         bound = 1.0 / math.sqrt(d)
         layer.weight.copy_(torch.empty(C_classes, d).uniform_(-bound, bound, generator=generator))
@@ -240,10 +358,10 @@ def _fit_reference(
     for epoch in range(epochs):
         if epoch:
             scheduler.step()
-        order = torch.randperm(n, generator=generator).to(X.device)
+        order = torch.randperm(n, generator=generator).to(rows.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            loss = torch.nn.functional.cross_entropy(layer(X[idx]), y[idx])
+            loss = torch.nn.functional.cross_entropy(layer(rows.take(idx)), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -281,6 +399,14 @@ def linear_probe(
     test arrays, a stratified ``holdout`` of the train set (drawn with ``seed``) is scored.
     torch's global random state is neither used nor changed.
 
+    The features may be read-only memory maps (feature banks); they are read in chunks and
+    never copied whole unless the copy fits. Extra memory (host), whatever n: about the
+    working-memory budget (256 MiB, ``CLUSTERPROBE_METRICS_MEMORY``; the standardised rows are
+    kept in memory only when they fit in it, otherwise standardised chunk by chunk at every
+    pass) + 4 * 20000 d (the preconditioner's sample) + 8 d^2 + O(d C) for the weights and
+    L-BFGS history, plus O(n) labels. On a GPU the (standardised) rows are kept in GPU memory
+    when they fit in half of what is free, else sent a chunk at a time.
+
     Raises:
         MetricsError: bad shapes, fewer than two classes, an unknown protocol, C <= 0.
         NonFiniteFeaturesError: NaN or infinite features.
@@ -304,41 +430,49 @@ def _linear_probe(split: Split, protocol: str, *, C: float = 1.0, max_iter: int 
     """:func:`linear_probe` on a validated :class:`Split` and a resolved ``device``."""
     classes, ytr, yte = _encode_classes(split.y_train, split.y_test)
     standardize = (protocol == "lbfgs") if standardize is None else bool(standardize)
-    Xtr, Xte = _as_tensors(split, standardize, device)
+    scale = _standardization(split.X_train) if standardize else None
+    C_classes = classes.size
+    Xtr = _Rows(split.X_train, scale, device, bytes_per_row=12 * C_classes)  # + logits, softmax, gradient
     target = torch.from_numpy(ytr).to(device)
     if protocol == "lbfgs":
         settings = {"protocol": protocol, "C": float(C), "max_iter": int(max_iter), "tol": float(tol)}
-        work = Xtr.shape[0] * Xtr.shape[1] * classes.size
+        work = min(Xtr.n, Xtr.chunk) * Xtr.d * C_classes
     else:
         settings = {"protocol": protocol, "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                     "lr_final": float(lr_final), "weight_decay": float(weight_decay), "seed": int(seed)}
-        work = batch_size * Xtr.shape[1] * classes.size
+        work = batch_size * Xtr.d * C_classes
     settings["standardize"] = standardize
     with threads_for(work if device.type == "cpu" else math.inf):
         if protocol == "lbfgs":
-            W, b = _fit_lbfgs(Xtr, target, classes.size, float(C), int(max_iter), float(tol))
+            W, b = _fit_lbfgs(Xtr, target, C_classes, float(C), int(max_iter), float(tol))
         else:
-            W, b = _fit_reference(Xtr, target, classes.size, int(epochs), int(batch_size), float(lr),
+            W, b = _fit_reference(Xtr, target, C_classes, int(epochs), int(batch_size), float(lr),
                                   float(lr_final), float(weight_decay), int(seed))
+    del Xtr
+    hits = _Hits(C_classes)
+    Xte = _Rows(split.X_test, scale, device, bytes_per_row=8 * C_classes)
     with torch.no_grad():
-        scores = torch.addmm(b, Xte, W).cpu().numpy()
-    top1, top5 = _accuracies(scores, yte)
-    return ProbeResult(top1, top5, len(ytr), len(yte), int(classes.size), protocol, split.evaluation, settings)
+        for start, stop, X in Xte.pieces():
+            hits.add(torch.addmm(b, X, W).cpu().numpy(), yte[start:stop])
+    top1, top5 = hits.accuracies()
+    return ProbeResult(top1, top5, len(ytr), len(yte), int(C_classes), protocol, split.evaluation, settings)
 
 
-def _as_tensors(split: Split, standardize: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train and test features as float32 tensors, standardised with train statistics if asked."""
-    X_train, X_test = split.X_train, split.X_test
-    if standardize:
-        n = X_train.shape[0]
-        mean = X_train.mean(axis=0, dtype=np.float64)
-        var = np.einsum("ij,ij->j", X_train, X_train, dtype=np.float64) / n - mean**2
-        scale = np.sqrt(np.clip(var, 0.0, None))
-        scale = np.where(scale > 1e-12 * np.maximum(np.abs(mean), 1.0), scale, 1.0)  # constants stay constant
-        mean, inverse = mean.astype(np.float32), (1.0 / scale).astype(np.float32)
-        X_train, X_test = (X_train - mean) * inverse, (X_test - mean) * inverse
-    as_tensor = lambda X: torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)  # noqa: E731
-    return as_tensor(X_train), as_tensor(X_test)
+def _standardization(X) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1 / std) float32 rows of the columns of ``X`` (n, d), accumulated in float64 over
+    chunks of rows; constant columns get scale 1 (they stay constant)."""
+    n, d = X.shape
+    total = np.zeros(d, dtype=np.float64)
+    squares = np.zeros(d, dtype=np.float64)
+    for start, stop in chunks(n, chunk_rows(4 * d, minimum=64)):
+        block = read(X, start, stop)
+        total += block.sum(axis=0, dtype=np.float64)
+        squares += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+    mean = total / n
+    var = squares / n - mean**2
+    scale = np.sqrt(np.clip(var, 0.0, None))
+    scale = np.where(scale > 1e-12 * np.maximum(np.abs(mean), 1.0), scale, 1.0)  # constants stay constant
+    return mean.astype(np.float32), (1.0 / scale).astype(np.float32)
 
 
 # -- kNN ------------------------------------------------------------------------------------
@@ -363,6 +497,11 @@ def knn_accuracy(
     neighbours on raw features, one vote each, k = 5 by default. Without test arrays, a
     stratified ``holdout`` of the train set (drawn with ``seed``) is scored. Returns top-1 (and
     top-5 with more than 5 classes) as fractions.
+
+    The features may be read-only memory maps (feature banks): both sets are read (and
+    normalised) in chunks, every train chunk searched with every test chunk, keeping the running
+    k best. Extra memory (host), whatever n: about the working-memory budget (256 MiB,
+    ``CLUSTERPROBE_METRICS_MEMORY``) + 20 m k bytes for the m test rows' neighbours and weights.
 
     Raises:
         MetricsError: bad shapes, fewer than two classes, an unknown protocol, a bad k or
@@ -389,18 +528,64 @@ def _knn_accuracy(split: Split, protocol: str, k: int, temperature: float, devic
             f"kNN k = {k} is larger than the {split.X_train.shape[0]} training samples; choose a smaller k."
         )
     classes, ytr, yte = _encode_classes(split.y_train, split.y_test)
+    cosine = protocol == "weighted-cosine"
     with threads_for(split.X_train.shape[0] * split.X_test.shape[0] * split.X_train.shape[1]):
-        if protocol == "weighted-cosine":
-            sims, idx = faiss_search(l2_normalize(split.X_train), l2_normalize(split.X_test), k, True, device)
-            weights = np.exp((sims.astype(np.float64) - 1.0) / temperature)  # exp(s/T) times a constant
-        else:
-            _, idx = faiss_search(split.X_train, split.X_test, k, False, device)
-            weights = np.ones(idx.shape, dtype=np.float64)
+        sims, idx = _neighbours(split.X_train, split.X_test, k, cosine, device)
+    if cosine:
+        weights = np.exp((sims.astype(np.float64) - 1.0) / temperature)  # exp(s/T) times a constant
+    else:
+        weights = np.ones(idx.shape, dtype=np.float64)
     m, C = idx.shape[0], classes.size
-    flat = np.repeat(np.arange(m), k) * C + ytr[idx.ravel()]
-    votes = np.bincount(flat, weights=weights.ravel(), minlength=m * C).reshape(m, C)
-    top1, top5 = _accuracies(votes, yte)
+    hits = _Hits(C)
+    for start, stop in chunks(m, chunk_rows(8 * C * 3 + 24 * k, minimum=1)):  # (rows, C) votes at a time
+        rows = stop - start
+        flat = np.repeat(np.arange(rows), k) * C + ytr[idx[start:stop].ravel()]
+        votes = np.bincount(flat, weights=weights[start:stop].ravel(), minlength=rows * C).reshape(rows, C)
+        hits.add(votes, yte[start:stop])
+    top1, top5 = hits.accuracies()
     settings = {"protocol": protocol, "k": k}
-    if protocol == "weighted-cosine":
+    if cosine:
         settings["temperature"] = temperature
     return ProbeResult(top1, top5, len(ytr), len(yte), int(C), protocol, split.evaluation, settings)
+
+
+def _neighbours(database, queries, k: int, cosine: bool, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``database`` (n, d) for each row of ``queries`` (m, d): scores (m, k)
+    and indices (m, k), best first; cosine similarities of L2-normalised rows or squared
+    Euclidean distances, by FAISS.
+
+    Both are read in chunks of rows (each within half the working-memory budget, database
+    chunks a multiple of 1024 rows, FAISS's block) and normalised as they are read; every
+    database chunk is searched with every query chunk and the running k best kept, ties going
+    to the smaller index. With one chunk each this is one FAISS search, as before.
+
+    Extra memory: about the working-memory budget (256 MiB) plus 12 m k bytes (the running
+    neighbours) and FAISS's blocks (4096 x 1024 floats), whatever n.
+    """
+    n, d = database.shape
+    m = queries.shape[0]
+    db_rows = chunk_rows(8 * d, memory=memory_budget() // 2, minimum=1024, multiple=1024)
+    q_rows = chunk_rows(8 * d + 24 * k, memory=memory_budget() // 2, minimum=64)
+
+    def rows(X, start, stop):
+        block = read(X, start, stop)
+        return l2_normalize(block) if cosine else block
+
+    if n <= db_rows and m <= q_rows:
+        return faiss_search(rows(database, 0, n), rows(queries, 0, m), k, cosine, device)
+    worst = -np.inf if cosine else np.inf
+    best_scores = np.full((m, k), worst, dtype=np.float32)
+    best_index = np.full((m, k), -1, dtype=np.int64)
+    for d0, d1 in chunks(n, db_rows):
+        block = rows(database, d0, d1)
+        kk = min(k, d1 - d0)
+        for q0, q1 in chunks(m, q_rows):
+            scores, index = faiss_search(block, rows(queries, q0, q1), kk, cosine, device)
+            both_scores = np.concatenate([best_scores[q0:q1], scores], axis=1)
+            both_index = np.concatenate([best_index[q0:q1], index + d0], axis=1)
+            key = -both_scores if cosine else both_scores
+            # best first; equal scores: the smaller index first (-1, no neighbour yet, is worst)
+            order = np.lexsort((np.where(both_index < 0, np.iinfo(np.int64).max, both_index), key), axis=1)[:, :k]
+            best_scores[q0:q1] = np.take_along_axis(both_scores, order, axis=1)
+            best_index[q0:q1] = np.take_along_axis(both_index, order, axis=1)
+    return best_scores, best_index
