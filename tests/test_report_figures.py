@@ -52,3 +52,24 @@ def test_training_dynamics_share_one_y_range_per_metric_unless_zoomed():
     zoomed = training_dynamics_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")], same_axes=False)
     axes = np.array(zoomed.axes[:4]).reshape(2, 2)
     assert axes[0][0].get_ylim() != axes[1][0].get_ylim()
+
+
+def test_report_command_passes_the_figure_options(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import clusterprobe.report as report_package
+    from cli.main import app
+
+    seen = {}
+
+    def fake_build_report(runs_dir, out, settings, progress=True):
+        seen["settings"] = settings
+        from clusterprobe.errors import ReportError
+
+        raise ReportError("stop here")
+
+    monkeypatch.setattr(report_package, "build_report", fake_build_report)
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--no-per-class", "--zoom-per-run", "--branch", "online"])
+    assert result.exit_code == 1 and "stop here" in result.output
+    settings = seen["settings"]
+    assert (settings.per_class, settings.same_axes, settings.branch) == (False, False, "online")
