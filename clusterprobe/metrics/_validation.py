@@ -9,13 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MetricsError, NonFiniteFeaturesError
+from ._stream import chunk_rows, memory_budget
 
 
 def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:
     """Return ``X`` as a C-contiguous 2-D array of ``dtype``, shape (n, d), after checks.
 
     A C-ordered array (or read-only memory map) of ``dtype`` is returned as it is, not copied;
-    the finite check reads it in chunks (extra memory: about 20 MiB, whatever n).
+    the finite check reads it in chunks (extra memory: at most 16 MiB, whatever n).
 
     Raises :class:`MetricsError` for a wrong shape or an empty array and
     :class:`NonFiniteFeaturesError` (naming ``name`` and the number of bad rows) for NaN/inf.
@@ -34,7 +35,7 @@ def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:
         raise MetricsError(f"{name} must hold real numbers; got dtype {X.dtype}.")
     X = np.ascontiguousarray(X, dtype=dtype)  # no copy for a C-ordered float32 array or memory map
     bad, first = 0, -1
-    rows = max(1, (16 * 2**20) // max(1, X.shape[1] * X.itemsize))  # 16 MiB of input per check
+    rows = chunk_rows(X.shape[1] * (X.itemsize + 1), memory=min(memory_budget(), 16 * 2**20))
     for start in range(0, X.shape[0], rows):  # in chunks: np.isfinite(X) would be n x d booleans
         finite_rows = np.isfinite(X[start : start + rows]).all(axis=1)
         count = int(finite_rows.size - finite_rows.sum())

@@ -284,22 +284,29 @@ def _preconditioner(X, rows: int = 20000, damping: float = 1e-2) -> torch.Tensor
     optimising V with W = M V makes it nearly isotropic: L-BFGS then needs ~25 evaluations
     instead of ~200 on correlated features, and still solves exactly the same problem.
     ``delta = damping * mean eigenvalue`` keeps near-constant directions harmless. ``X`` is a
-    tensor or :class:`_Rows`; at most ``rows`` rows are read (O(rows d + d^2) memory).
+    tensor or :class:`_Rows` (read a chunk at a time when not resident: O(d^2) memory).
     """
     source = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
     n, d = source.n, source.d
+    idx = None
     if n > rows:
         idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:rows].to(source.device)
-        X = source.take(idx)
-    elif source.resident is not None:
-        X = source.resident
-    else:
-        X = torch.cat([piece for _, _, piece in source.pieces()])  # at most `rows` rows
-    sigma = (X.T @ X).double() / X.shape[0]
+    if source.resident is not None:
+        X = source.resident if idx is None else source.resident[idx]
+        sigma = (X.T @ X).double() / X.shape[0]
+    else:  # a chunk of the (sampled) rows at a time
+        sigma = torch.zeros((d, d), dtype=torch.float64, device=source.device)
+        if idx is None:
+            parts = (piece for _, _, piece in source.pieces())
+        else:
+            parts = (source.take(idx[a:b]) for a, b in chunks(idx.numel(), source.chunk))
+        for piece in parts:
+            sigma += (piece.T @ piece).double()
+        sigma /= n if idx is None else idx.numel()
     evals, evecs = torch.linalg.eigh(sigma)
     evals = evals.clamp(min=0)
     delta = damping * float(evals.mean()) + 1e-12
-    return ((evecs * (evals + delta).rsqrt()) @ evecs.T).to(X.dtype)
+    return ((evecs * (evals + delta).rsqrt()) @ evecs.T).to(torch.float32)
 
 
 def _fit_lbfgs(X, y: torch.Tensor, C_classes: int, C: float, max_iter: int, tol: float):
@@ -554,9 +561,9 @@ def _neighbours(database, queries, k: int, cosine: bool, device: str) -> tuple[n
     and indices (m, k), best first; cosine similarities of L2-normalised rows or squared
     Euclidean distances, by FAISS.
 
-    Both are read in chunks of rows (each within half the working-memory budget, database
-    chunks a multiple of 1024 rows, FAISS's block) and normalised as they are read; every
-    database chunk is searched with every query chunk and the running k best kept, ties going
+    Both are read in chunks of rows (each within half the working-memory budget; database
+    chunks a multiple of 1024 rows, FAISS's block, where they can be) and normalised as they are
+    read; every database chunk is searched with every query chunk and the running k best kept, ties going
     to the smaller index. With one chunk each this is one FAISS search, as before.
 
     Extra memory: about the working-memory budget (256 MiB) plus 12 m k bytes (the running
@@ -564,7 +571,7 @@ def _neighbours(database, queries, k: int, cosine: bool, device: str) -> tuple[n
     """
     n, d = database.shape
     m = queries.shape[0]
-    db_rows = chunk_rows(8 * d, memory=memory_budget() // 2, minimum=1024, multiple=1024)
+    db_rows = chunk_rows(8 * d, memory=memory_budget() // 2, minimum=64, multiple=1024)
     q_rows = chunk_rows(8 * d + 24 * k, memory=memory_budget() // 2, minimum=64)
 
     def rows(X, start, stop):
