@@ -6,10 +6,15 @@ ImageNet (1,281,167 x 2048, 1,000 classes) before anyone rents a GPU.
     python benchmarks/scaling.py --sizes 10000,50000,200000,1281167 --device cuda   # on a GPU
 
 For every size n, synthetic clustered features (``--dim`` 2048, ``--classes`` 1000 Gaussian
-classes) are made once per measurement in a fresh process, and each metric is timed alone in that
-process: its wall time and its peak resident memory beyond the features (the kernel's peak-RSS
-counter is reset after the data are made; where it cannot be reset the peak includes them, and
-the table says so). The metrics and the work measured:
+classes) are made once per measurement in a fresh process and, by default (``--input memmap``),
+written to a scratch ``.npy`` and opened read-only memory-mapped, as a feature bank hands them out
+(``--input array`` keeps them in memory). Each metric is timed alone in that process, with its
+peak extra memory: ``anon``, the peak of the process's anonymous resident memory (RssAnon,
+sampled every 2 ms: NumPy, torch and FAISS allocations alike, not the file pages of the memory
+map, which the kernel may drop) beyond what it was before the metric, and ``numpy``, the peak of
+NumPy's allocations under tracemalloc. ``--code DIR`` imports ``clusterprobe`` from another
+checkout (e.g. ``git archive`` of an older commit) to compare before and after. The metrics and
+the work measured:
 
 - ``kmeans``: FAISS k-means, k = classes, ``--seeds`` seeds, exactly ``--kmeans-niter``
   iterations each (tol 0); the suite runs up to 100 (it stops earlier once converged), so the
@@ -21,9 +26,11 @@ the table says so). The metrics and the work measured:
   n and scored on a test set of n / 25 (ImageNet's 50,000 / 1,281,167); the suite runs to
   convergence (typically 25-100 iterations).
 - ``knn``: weighted-cosine 20-NN, the test set (n / 25) against the n train features.
+- ``silhouette_euclidean`` (not run by default: O(n^2 d)): the exact Euclidean silhouette, same
+  labellings as ``silhouette``.
 
-Then the growth exponent b of each metric (time ~ n^b, least squares on log-log) and the
-extrapolation to ``--target`` samples. The exponent, not any one timing, is the point: these
+Then the growth exponents b of each metric's time and anonymous memory (~ n^b, least squares on
+log-log) and the extrapolation to ``--target`` samples. The exponent, not any one timing, is the point: these
 machines are noisy and shared.
 """
 
@@ -36,13 +43,17 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("kmeans", "nmi_ari", "silhouette", "linear", "knn")
+METRICS = ("kmeans", "nmi_ari", "silhouette", "linear", "knn", "silhouette_euclidean")
+DEFAULT_METRICS = METRICS[:5]
 IMAGENET = 1_281_167
 
 
@@ -60,7 +71,7 @@ def synthetic(n: int, dim: int, classes: int, seed: int = 0) -> tuple[np.ndarray
 
 
 def _status(field: str) -> float | None:
-    """A field of /proc/self/status in MiB (VmRSS, VmHWM), or None off Linux."""
+    """A field of /proc/self/status in MiB (VmRSS, VmHWM, RssAnon), or None off Linux."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -70,13 +81,49 @@ def _status(field: str) -> float | None:
     return None
 
 
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+class AnonPeak:
+    """Peak anonymous resident memory (RssAnon) while running, sampled every ``interval`` s."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak = interval, _status("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            value = _status("RssAnon")
+            if value is not None and (self.peak is None or value > self.peak):
+                self.peak = value
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        value = _status("RssAnon")
+        if value is not None and self.peak is not None:
+            self.peak = max(self.peak, value)
+
+
+def warm_up(args: argparse.Namespace, X, y, X_test, y_test) -> None:
+    """Run the metric once on a few rows, unmeasured: first calls import modules (torch.optim,
+    FAISS, scikit-learn) and fill caches, which would otherwise count as the metric's time and memory."""
+    from clusterprobe.metrics import kmeans, knn_accuracy, linear_probe, silhouette_stats_multi
+
+    rows = min(args.n, 4 * args.classes)
+    Xw, yw = np.array(X[:rows]), np.arange(rows) % args.classes
+    if args.metric == "kmeans":
+        kmeans(Xw, args.classes, seeds=1, niter=1, tol=0.0, device=args.device)
+    elif args.metric.startswith("silhouette"):
+        silhouette_stats_multi(Xw, [yw], metric="euclidean" if args.metric.endswith("euclidean") else "cosine",
+                               device=args.device)
+    elif args.metric == "linear":
+        linear_probe(Xw, yw, Xw, yw, max_iter=1, tol=0.0, device=args.device)
+    elif args.metric == "knn":
+        knn_accuracy(Xw, yw, Xw, yw, device=args.device)
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -86,36 +133,56 @@ def worker(args: argparse.Namespace) -> dict:
 
     n, n_test = args.n, max(args.classes, args.n // 25)
     X, y = synthetic(n, args.dim, args.classes, seed=0)
-    X_test, y_test = synthetic(n_test, args.dim, args.classes, seed=1) if args.metric in ("linear", "knn") else (None, None)
+    probe = args.metric in ("linear", "knn")
+    X_test, y_test = synthetic(n_test, args.dim, args.classes, seed=1) if probe else (None, None)
     rng = np.random.default_rng(2)
     other = [rng.integers(0, args.classes, n) for _ in range(args.seeds)]  # stands in for k-means labels
     features_mib = (X.nbytes + (0 if X_test is None else X_test.nbytes)) / 2**20
-    baseline = _status("VmRSS")
-    reset = _reset_peak()
+    scratch = None
+    if args.input == "memmap":  # as a feature bank: read-only memory maps of .npy files
+        scratch = tempfile.TemporaryDirectory(prefix="scaling-")
+        np.save(Path(scratch.name) / "X.npy", X)
+        X = np.load(Path(scratch.name) / "X.npy", mmap_mode="r")
+        if X_test is not None:
+            np.save(Path(scratch.name) / "X_test.npy", X_test)
+            X_test = np.load(Path(scratch.name) / "X_test.npy", mmap_mode="r")
+    warm_up(args, X, y, X_test, y_test)
+    import gc
+
+    gc.collect()
+    baseline = _status("RssAnon")
+    tracemalloc.start()
     start = time.perf_counter()
-    if args.metric == "kmeans":
-        kmeans(X, args.classes, seeds=args.seeds, niter=args.kmeans_niter, tol=0.0, device=args.device)
-    elif args.metric == "nmi_ari":
-        nmi(y, other[0]), ari(y, other[0])
-    elif args.metric == "silhouette":
-        silhouette_stats_multi(X, [y, *other], metric="cosine", device=args.device)
-    elif args.metric == "linear":
-        linear_probe(X, y, X_test, y_test, max_iter=args.probe_iter, tol=0.0, device=args.device)
-    elif args.metric == "knn":
-        knn_accuracy(X, y, X_test, y_test, device=args.device)
+    with AnonPeak() as anon:
+        if args.metric == "kmeans":
+            kmeans(X, args.classes, seeds=args.seeds, niter=args.kmeans_niter, tol=0.0, device=args.device)
+        elif args.metric == "nmi_ari":
+            nmi(y, other[0]), ari(y, other[0])
+        elif args.metric == "silhouette":
+            silhouette_stats_multi(X, [y, *other], metric="cosine", device=args.device)
+        elif args.metric == "silhouette_euclidean":
+            silhouette_stats_multi(X, [y, *other], metric="euclidean", device=args.device)
+        elif args.metric == "linear":
+            linear_probe(X, y, X_test, y_test, max_iter=args.probe_iter, tol=0.0, device=args.device)
+        elif args.metric == "knn":
+            knn_accuracy(X, y, X_test, y_test, device=args.device)
     seconds = time.perf_counter() - start
-    peak = _status("VmHWM")
-    beyond = None if peak is None or baseline is None else max(0.0, peak - baseline)
+    _, numpy_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    beyond = None if anon.peak is None or baseline is None else max(0.0, anon.peak - baseline)
+    if scratch is not None:
+        scratch.cleanup()
     return {"metric": args.metric, "n": n, "seconds": seconds, "peak_beyond_mib": beyond,
-            "features_mib": features_mib, "peak_reset": reset}
+            "numpy_peak_mib": numpy_peak / 2**20, "features_mib": features_mib, "input": args.input}
 
 
 # -- the driver -------------------------------------------------------------------------------------
 def measure(metric: str, n: int, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, __file__, "--worker", metric, "--n", str(n), "--dim", str(args.dim),
                "--classes", str(args.classes), "--seeds", str(args.seeds), "--kmeans-niter",
-               str(args.kmeans_niter), "--probe-iter", str(args.probe_iter), "--device", args.device]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+               str(args.kmeans_niter), "--probe-iter", str(args.probe_iter), "--device", args.device,
+               "--input", args.input]
+    env = {**os.environ, "PYTHONPATH": str(Path(args.code).resolve() if args.code else ROOT)}
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -127,8 +194,9 @@ def measure(metric: str, n: int, args: argparse.Namespace) -> dict | None:
         return None
     row = json.loads(result.stdout.strip().splitlines()[-1])
     memory = "?" if row["peak_beyond_mib"] is None else f"{row['peak_beyond_mib']:.0f} MiB"
-    print(f"  {metric:<11} n={n:>9,}: {row['seconds']:9.2f} s, peak {memory} beyond the "
-          f"{row['features_mib']:.0f} MiB of features", flush=True)
+    print(f"  {metric:<11} n={n:>9,}: {row['seconds']:9.2f} s, peak extra memory {memory} anon, "
+          f"{row['numpy_peak_mib']:.0f} MiB numpy (features: {row['features_mib']:.0f} MiB, {row['input']})",
+          flush=True)
     return row
 
 
@@ -144,7 +212,10 @@ def growth(rows: list[dict], key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,50000,200000", help="comma-separated sample counts")
-    parser.add_argument("--metrics", default=",".join(METRICS), help=f"any of {', '.join(METRICS)}")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"any of {', '.join(METRICS)}")
+    parser.add_argument("--input", choices=("memmap", "array"), default="memmap",
+                        help="features as a read-only memory map of a .npy file (a bank) or in memory")
+    parser.add_argument("--code", help="import clusterprobe from this directory (another checkout)")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
@@ -180,7 +251,7 @@ def main() -> None:
             if row is not None:
                 results[metric].append(row)
 
-    print(f"\ngrowth and extrapolation to n = {args.target:,} (time ~ n^b from the sizes measured)")
+    print(f"\ngrowth and extrapolation to n = {args.target:,} (time, anonymous memory ~ n^b from the sizes measured)")
     print(f"{'metric':<11} {'b (time)':>9} {'b (memory)':>11} {'time at target':>16} {'memory at target':>17}")
     for metric, rows in results.items():
         b_time, b_memory = growth(rows, "seconds"), growth(rows, "peak_beyond_mib")
@@ -195,8 +266,6 @@ def main() -> None:
         memory = "-" if b_memory is None else f"{last['peak_beyond_mib'] * scale ** max(b_memory, 0):,.0f} MiB"
         print(f"{metric:<11} {b_time:9.2f} {('-' if b_memory is None else f'{b_memory:.2f}'):>11} "
               f"{seconds / 60:13.1f} min {memory:>17}")
-    if not all(r["peak_reset"] for rows in results.values() for r in rows):
-        print("note: the peak-RSS counter could not be reset here; peaks include making the data.")
     print("k-means at target: scaled to 100 iterations (the suite's upper bound); linear: "
           f"{args.probe_iter} L-BFGS iterations (the suite runs to convergence, typically 25-100).")
 
