@@ -35,6 +35,7 @@ def report(
     device: str = typer.Option("auto", "--device"),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Draw the UMAP figure."),
     per_class: bool = typer.Option(True, "--per-class/--no-per-class", help="Draw the per-class views (clusters vs classes, silhouette per class)."),
+    pixels: bool = typer.Option(True, "--pixels/--no-pixels", help="Add the raw-pixels reference: the same metrics on the flattened input images, once per data set (cached)."),
     zoom_per_run: bool = typer.Option(False, "--zoom-per-run", help="Zoom each training-dynamics panel on its own run instead of one y-range per metric for all runs."),
     seeds: int = typer.Option(3, "--seeds", help="k-means seeds."),
     branch: Optional[str] = typer.Option(None, "--branch", help="online, momentum, teacher or student instead of each checkpoint's default branch (cached apart)."),
@@ -52,7 +53,7 @@ def report(
         epochs=tuple(int(e) for e in split_list(epochs)) if epochs else None,
         cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
         device=device, umap=umap, metric_overrides={"seeds": seeds}, branch=branch,
-        per_class=per_class, same_axes=not zoom_per_run,
+        per_class=per_class, same_axes=not zoom_per_run, pixels=pixels,
     )
     _print_result(build_report(runs_dir, out, settings, progress=not quiet))
 

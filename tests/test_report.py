@@ -42,7 +42,8 @@ def test_report_writes_page_figures_and_table(report):
     assert page.count("data:image/png;base64,") == 4 and "Last-epoch metrics (test split)" in page
     assert "href='figures/per_class.pdf'" in page and "href='figures/per_class.png'" in page
     table = pd.read_csv(result.metrics_csv)
-    assert set(table["run"]) == {"resa", "byol"} and set(table["layer"]) == {"H", "P0", "P1", "Z"}
+    assert set(table["run"]) == {"resa", "byol", "raw pixels (digits)"}
+    assert set(table["layer"]) == {"H", "P0", "P1", "Z", "pixels"}
     assert sorted(table.loc[table["run"] == "resa", "epoch"].unique()) == [0, 1, 2]
     assert sorted(table.loc[table["run"] == "byol", "epoch"].unique()) == [0, 2]
     assert {"nmi", "ari", "silhouette_true", "silhouette_true_spread", "linear_top1", "knn_top1"} <= set(table["metric"])
@@ -97,7 +98,7 @@ def test_bad_runs_are_skipped_with_reasons(tmp_path):
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     result = build_report(tmp_path, settings=ReportSettings(**FAST, umap=False), progress=False)
     text = "\n".join(result.warnings)
-    assert set(result.table["run"]) == {"good", "corrupt"}
+    assert set(result.table["run"]) == {"good", "corrupt", "raw pixels (digits)"}
     assert "corrupt, epoch 1 skipped" in text and "truncated or corrupt" in text
     assert "good, epoch 2 skipped" in text and "non-finite" in text
     assert sorted(result.table.loc[result.table["run"] == "good", "epoch"].unique()) == [0, 1]
@@ -179,7 +180,8 @@ def test_branch_option_analyses_the_other_branch_and_caches_it_apart(tmp_path):
     default = build_report(runs, settings=ReportSettings(**fast), progress=False)
     online = build_report(runs, tmp_path / "online_report", settings=ReportSettings(**fast, branch="online"),
                           progress=False)
-    assert set(default.table["branch"]) == {"momentum"} and set(online.table["branch"]) == {"online"}
+    trained = lambda table: table[table["method"] != "pixels"]  # the raw-pixels reference has no branch
+    assert set(trained(default.table)["branch"]) == {"momentum"} and set(trained(online.table)["branch"]) == {"online"}
     momentum_bank = FeatureBank.open(folder / "features" / "test" / "epoch_0001")
     online_bank = FeatureBank.open(folder / "features" / "test-online" / "epoch_0001")
     assert momentum_bank.meta["checkpoint"]["branch"] == "momentum"

@@ -131,7 +131,7 @@ def test_another_layers_selection_reuses_or_extends_the_cached_banks(tmp_path, m
     make_run(tmp_path / "runs" / "one", [0, 1])
     banks = [tmp_path / "runs" / "one" / "features" / split / f"epoch_{epoch:04d}"
              for split in ("train", "test") for epoch in (0, 1)]
-    fast = ["--no-umap", "--seeds", "2"]
+    fast = ["--no-umap", "--no-pixels", "--seeds", "2"]
 
     def report(layers, name):
         result = runner.invoke(app, ["report", str(tmp_path / "runs"), "--out", str(tmp_path / name),

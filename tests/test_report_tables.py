@@ -77,3 +77,11 @@ def test_the_report_page_shows_summary_and_paper_tables(tmp_path):
     md = (runs / "report" / "tables" / "last_epoch_test.md").read_text()
     assert "\\begin{tabular}" in tex and md.startswith("| run | layer | NMI | ARI | kNN top-1 |")
     assert md.count("**") >= 6  # one bold best value per column
+
+
+def test_last_epoch_table_has_the_random_initialisation_as_reference_rows():
+    from clusterprobe.report.build import _last_epoch_tables
+
+    shown = _last_epoch_tables(tidy(ROWS))["Last-epoch metrics (test split)"]
+    assert ("resa @ epoch 0", "H") in shown.index and ("byol @ epoch 0", "Z") in shown.index
+    assert shown.loc[("resa", "H"), "nmi"] == 0.60 and shown.loc[("resa @ epoch 0", "H"), "nmi"] == 0.30

@@ -78,6 +78,7 @@ class ReportSettings:
     branch: str | None = None
     same_axes: bool = True
     per_class: bool = True
+    pixels: bool = True
 
 
 @dataclass
@@ -478,6 +479,16 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
             bar.add_total(-1)  # a skipped run has no metrics step
     if not tables:
         raise ReportError("No run could be analysed: " + "; ".join(warnings))
+    if settings.pixels:
+        from .pixels import pixel_reference
+
+        overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
+        for (name, _root), data in data_cache.items():
+            bar.describe(f"raw pixels of {name}")
+            try:
+                tables.append(pixel_reference(name, data, out / "cache" / f"pixels-{name}.csv", **overrides))
+            except ClusterprobeError as error:
+                warnings.append(f"raw-pixels reference of {name} skipped: {error}")
     return pd.concat(tables, ignore_index=True), test_banks
 
 
@@ -499,13 +510,15 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
         layer_comparison_figure(table, COMPARISON_PANELS),
         "Per run, the last epoch's metrics of each layer on the test split: H (circles), "
         "P0/P1, Z (crosses); hollow markers: the same layer at epoch 0 (the random initialisation), "
+        "'raw pixels': the same metrics on the flattened input images (grey diamonds), "
         "dotted line: chance (1 / classes for accuracies, 0 for ARI/NMI). Silhouette: mean over "
         "samples against the ground-truth classes; its spread is the std of the per-sample values. "
         "ARI/NMI: k-means with k = number of classes (mean &plusmn; std over seeds). "
         f"Settings: {describe_settings(table)}.")
-    if table["epoch"].nunique() > 1:
+    trained = table[table["method"] != "pixels"]  # the raw-pixels reference has no epochs
+    if trained["epoch"].nunique() > 1:
         add("training_dynamics", "Training dynamics per layer",
-            training_dynamics_figure(table, DYNAMICS_PANELS, same_axes=settings.same_axes),
+            training_dynamics_figure(trained, DYNAMICS_PANELS, same_axes=settings.same_axes),
             "Each metric against the epoch, one line per layer, one row per run"
             + (", with one y-range per metric for all runs" if settings.same_axes else ", each panel zoomed on its run")
             + f"; dotted line: chance. Settings: {describe_settings(table)}.")
@@ -536,8 +549,12 @@ def _draw_figures(table: pd.DataFrame, runs: Sequence[Run], test_banks: dict[str
 
 
 def _last_epoch_tables(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per split: the last epoch's metrics of each (run, layer), one column per metric."""
-    last = table[table["epoch"] == table.groupby("run")["epoch"].transform("max")]
+    """Per split: the last epoch's metrics of each (run, layer), one column per metric, with each
+    run's epoch 0 (the random initialisation) as a reference row ``<run> @ epoch 0``."""
+    latest = table.groupby("run")["epoch"].transform("max")
+    initial = table[(table["epoch"] == 0) & (latest > 0)].copy()
+    initial["run"] = initial["run"] + " @ epoch 0"
+    last = pd.concat([table[table["epoch"] == latest], initial], ignore_index=True)
     return {
         f"Last-epoch metrics ({split} split)": last[last["split"] == split].pivot_table(
             index=["run", "layer"], columns="metric", values="value", sort=False)
@@ -554,7 +571,7 @@ def _write_page(out: Path, runs_dir: Path, settings: ReportSettings, table: pd.D
         described.insert(2, "branch", table.groupby("run")["branch"].first().reindex(described.index))
     html_tables = {"Runs": described,
                    **_last_epoch_tables(table)}
-    summary, summary_warnings = page_tables.summary(table)
+    summary, summary_warnings = page_tables.summary(table[table["method"] != "pixels"])
     paper = {}
     for split, files in page_tables.write_paper_tables(table, out / "tables").items():
         values, stds = page_tables.paper_table(table, split)
