@@ -112,12 +112,10 @@ class RunLayout:
                 found[epoch] = entry
         return dict(sorted(found.items()))
 
-    def bank_path(self, split: str, epoch: int, dataset: str | None = None, branch: str | None = None) -> Path:
+    def bank_path(self, split: str, epoch: int, dataset: str | None = None) -> Path:
         """``features/<split>/epoch_XXXX``; ``features/<dataset>-<split>/...`` when ``dataset``
-        is given (a data set other than the run's own), ``features/<split>-<branch>/...`` when
-        ``branch`` is given (a branch other than the checkpoint's default)."""
+        is given (a data set other than the run's own)."""
         folder = split if dataset is None else f"{dataset}-{split}"
-        folder = folder if branch is None else f"{folder}-{branch}"
         return self.features_dir / folder / epoch_name(epoch)
 
     def read_config(self) -> dict[str, Any]:

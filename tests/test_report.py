@@ -183,9 +183,14 @@ def test_branch_option_analyses_the_other_branch_and_caches_it_apart(tmp_path):
     trained = lambda table: table[table["method"] != "pixels"]  # the raw-pixels reference has no branch
     assert set(trained(default.table)["branch"]) == {"momentum"} and set(trained(online.table)["branch"]) == {"online"}
     momentum_bank = FeatureBank.open(folder / "features" / "test" / "epoch_0001")
-    online_bank = FeatureBank.open(folder / "features" / "test-online" / "epoch_0001")
+    online_bank = FeatureBank.open(folder / "analyses" / "online" / "features" / "test" / "epoch_0001")
     assert momentum_bank.meta["checkpoint"]["branch"] == "momentum"
     assert online_bank.meta["checkpoint"]["branch"] == "online"
     assert not np.array_equal(momentum_bank.features("H"), online_bank.features("H"))
     page = online.index_html.read_text()
     assert "<th>branch</th>" in page and "online" in page
+    # each report's numbers come from its own branch's banks only, before and after the other ran
+    rows = lambda table: trained(table).set_index(["epoch", "layer", "split", "metric"])["value"].sort_index()
+    assert not rows(default.table).equals(rows(online.table))
+    again = build_report(runs, tmp_path / "again", settings=ReportSettings(**fast), progress=False)
+    pd.testing.assert_series_equal(rows(again.table), rows(default.table))

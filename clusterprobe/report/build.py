@@ -26,7 +26,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..checkpoints import LoadedCheckpoint, load_checkpoint
+from ..checkpoints import LoadedCheckpoint, canonical_branch, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
 from ..bank import FeatureBank
 from ..errors import ClusterprobeError, FeatureBankError, LayerError, ReportError, UnsafeCheckpointError
@@ -61,7 +61,8 @@ class ReportSettings:
     ``cluster_splits`` chooses the splits clustering metrics are computed on (probes always
     train on ``train`` and score on ``test``); ``metric_overrides`` are
     :class:`~clusterprobe.metrics.MetricSettings` fields; ``branch`` (online, momentum, teacher,
-    student) replaces each checkpoint's default branch (its banks are cached apart).
+    student) replaces each checkpoint's default branch. Analyses on another data set or of a named
+    branch are cached apart, in ``<run>/analyses/<data set>-<branch>/``.
     """
 
     layers: tuple[str, ...] = ("H", "P0", "P1", "Z")
@@ -196,6 +197,15 @@ def _cache_root(run: Run, out: Path) -> Path:
     return run.path if run.kind == "clusterprobe" else out / "cache" / run.name
 
 
+def _layout(run: Run, out: Path, other_dataset: str | None, branch: str | None) -> RunLayout:
+    """Where the report keeps a run's banks and metrics. Analyses on another data set or of a
+    named branch get a folder of their own (``<root>/analyses/<data set>-<branch>/``): the metrics
+    read every bank under a layout, so sharing one would mix them under one label."""
+    variant = "-".join(part for part in (other_dataset, branch and canonical_branch(branch)) if part)
+    root = _cache_root(run, out)
+    return RunLayout(root / "analyses" / variant if variant else root)
+
+
 def _datasets_for(run: Run, settings: ReportSettings, cache: dict) -> tuple[str, dict[str, LabeledImageDataset]]:
     """The run's (train, test) data sets; raises ClusterprobeError when they are not available."""
     config = run.config
@@ -230,16 +240,14 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
         warnings.append(f"run {run.name} skipped: {error}")
         progress.advance(len(epochs), done=f"{run.name}: skipped (see the warnings)")
         return None
-    layout = RunLayout(_cache_root(run, out))
     other_dataset = None if dataset_name == (run.dataset or dataset_name) else dataset_name
+    layout = _layout(run, out, other_dataset, settings.branch)
     reference: tuple[int, str] | None = None
     done_epochs, failed_epochs, test_bank = [], [], None
     for position, epoch in enumerate(epochs):
         progress.describe(f"{run.name} epoch {epoch}")
-        branch = None
         try:
             loaded = load_checkpoint(run.checkpoints[epoch], branch=settings.branch)
-            branch = None if loaded.branch == loaded.default_branch else loaded.branch
             architecture = _architecture(loaded)
             reference = reference or (epoch, architecture)
             if architecture != reference[1]:
@@ -251,12 +259,12 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 return None
             wanted = _layers_of(loaded, settings)
             banks = {split: _report_bank(
-                loaded, dataset, layout.bank_path(split, epoch, other_dataset, branch), wanted,
+                loaded, dataset, layout.bank_path(split, epoch), wanted,
                 batch_size=settings.batch_size, device=settings.device, progress=False,
                 extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
             ) for split, dataset in data.items()}
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
-            warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch, other_dataset, branch)}")
+            warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch)}")
             failed_epochs.append(epoch)
             progress.advance(done=f"{run.name} epoch {epoch}: skipped (see the warnings)")
         else:
@@ -291,7 +299,7 @@ def _epoch_list(epochs) -> str:
 
 
 def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayout, split_of: dict,
-                    epoch: int, other: str | None, branch: str | None = None) -> str:
+                    epoch: int) -> str:
     """``error`` with the fix the report offers: the library's messages name ``--trust`` and
     ``--overwrite`` of ``clusterprobe extract``, which the report does not have."""
     if isinstance(error, UnsafeCheckpointError):
@@ -300,7 +308,7 @@ def _for_the_report(error: ClusterprobeError, checkpoint: Path, layout: RunLayou
                 "it skips this one. If you trust the file, analyse it with `clusterprobe extract "
                 f"{checkpoint} --trust` and `clusterprobe metrics` instead.")
     if isinstance(error, FeatureBankError):
-        banks = " and ".join(str(layout.bank_path(split, epoch, other, branch)) for split in split_of)
+        banks = " and ".join(str(layout.bank_path(split, epoch)) for split in split_of)
         # extract's fix ("Choose another --out, or pass --overwrite") names options of `extract`
         text = re.sub(r" Choose another --out[^.]*\.", "", str(error))
         return (f"{text} (The report keeps its banks in {banks}: delete the damaged or different "
