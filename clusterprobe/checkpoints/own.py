@@ -95,11 +95,9 @@ def load_own(raw: Mapping, path: Path, branch: str | None) -> LoadedCheckpoint:
         model=model, path=path, format="clusterprobe", branch=branch, epoch=raw.get("epoch"),
         step=raw.get("step"), method=raw.get("method"), dataset=raw.get("dataset"),
         branches=tuple(available), default_branch=raw.get("eval_branch", "online"), z=_describe_z(model.config),
-        facts=[f"architecture: rebuilt from the model config stored in the file"],
+        facts=["architecture: rebuilt from the model config stored in the file"],
         extra={"run": raw.get("run")} if raw.get("run") else {},
     )
-
-
 
 
 def _describe_z(config: ModelConfig) -> str:
