@@ -50,6 +50,7 @@ def extract(
     mean: Optional[str] = typer.Option(None, "--mean", help="Normalisation mean per channel, e.g. 0.5,0.5,0.5 (default: the data set's; imagefolder: measured on its images)."),
     std: Optional[str] = typer.Option(None, "--std", help="Normalisation std per channel (see --mean)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Storage type of the features: float32, or float16 (half the disk, values rounded to ~3 digits; the metrics compute in float32)."),
 ) -> None:
     """Run a data set through a checkpoint once and write the chosen layers to a feature bank."""
     from clusterprobe.devices import limit_threads
@@ -64,10 +65,10 @@ def extract(
                               mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
     bank = extract_features(
         loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
-        num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation,
+        num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation, dtype=dtype,
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items())
+        dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items()) + f", {bank.dtype.name}"
         if bank.reused:
             typer.echo(f"reused the bank at {bank.path} ({bank.n} samples, {dims}): it was already "
                        "extracted from this checkpoint with these layers and data; nothing was "

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .bank import FeatureBank, BankWriter, lock_bank
+from .bank import FeatureBank, BankWriter, bank_dtype, float16_overflow, float16_refusal, lock_bank
 from .checkpoints import LoadedCheckpoint, load_checkpoint
 from .data import DATASETS, LabeledImageDataset, load_dataset, loader_batches
 from . import distributed
@@ -163,6 +163,7 @@ class _Extraction:
     batch_size: int
     num_workers: int
     progress: bool
+    dtype: np.dtype = np.dtype(np.float32)
 
     @property
     def names(self) -> list[str]:
@@ -184,6 +185,7 @@ def extract_features(
     check_finite: bool = True,
     progress: bool = True,
     extra_meta: Mapping[str, Any] | None = None,
+    dtype: str = "float32",
 ) -> FeatureBank:
     """Run ``dataset`` through the model once and write the requested layers to a bank at ``out``.
 
@@ -202,6 +204,9 @@ def extract_features(
         check_finite: refuse to write features holding NaN/inf (the error names layer and count).
         progress: show a progress bar (rank 0 only).
         extra_meta: more provenance for ``meta.json`` (e.g. run, method, epoch).
+        dtype: storage type of the features, 'float32' (default) or 'float16' (half the disk;
+            each value rounded to float16, relative error <= 2^-11; the metrics still compute in
+            float32). A layer with values beyond float16's range (65,504) is refused, naming it.
 
     Returns:
         The finished :class:`FeatureBank` (rows in data set order); its ``reused`` attribute is
@@ -223,6 +228,7 @@ def extract_features(
     out = Path(out) if out is not None else _default_out(source, dataset)
     model, checkpoint_info = _as_model(source)
     specs = _layer_specs(model, layers, pre_activation)
+    dtype = bank_dtype(dtype)
     if batch_size < 1:
         raise ClusterprobeError(f"batch_size must be at least 1, got {batch_size}.")
     if len(dataset) == 0:
@@ -230,9 +236,9 @@ def extract_features(
 
     env = distributed.init_distributed(device)
     job = _Extraction(model.to(env.device).eval(), specs, dataset, env.device, env.rank, env.world_size,
-                      batch_size, num_workers, progress and env.is_main)
+                      batch_size, num_workers, progress and env.is_main, dtype)
     description = _dataset_description(dataset)
-    key = _bank_fingerprint(checkpoint_info, specs, description)
+    key = _bank_fingerprint(checkpoint_info, specs, description, dtype)
     try:
         existing = _reusable_bank(out, key, overwrite)  # a finished bank needs no lock (nor write access)
         if existing is not None:
@@ -252,9 +258,10 @@ def extract_features(
             dims = _layer_dims(job, description)
             chunk = batch_size * (chunk_batches or max(1, math.ceil(8192 / batch_size)))
             writer = _open_writer(job, out, dims, key, overwrite, chunk)
-            nonfinite = _extract_pending_chunks(job, writer, chunk)
+            nonfinite, overflow = _extract_pending_chunks(job, writer, chunk)
             if check_finite:
                 _refuse_nonfinite(job, writer, nonfinite)
+            _refuse_float16_overflow(job, writer, overflow)
             distributed.barrier()
             if env.is_main:
                 writer.finalize(_bank_meta(job, description, checkpoint_info, pre_activation, extra_meta))
@@ -328,16 +335,19 @@ def _layer_specs(model: SSLModel, layers: Iterable[str], pre_activation: bool) -
 
 
 def _bank_fingerprint(checkpoint_info: Mapping[str, Any], specs: Sequence[LayerSpec],
-                      description: Mapping[str, Any]) -> str:
-    """What makes two banks the same: the weights, the layer definitions and the data."""
+                      description: Mapping[str, Any], dtype: np.dtype = np.dtype(np.float32)) -> str:
+    """What makes two banks the same: the weights, the layer definitions, the data and the
+    storage dtype (float32 banks keep the fingerprint they had before dtypes existed)."""
     checkpoint = ({k: checkpoint_info.get(k) for k in ("sha256", "branch", "path")}
                   if checkpoint_info.get("sha256") else dict(checkpoint_info))
     if checkpoint_info.get("format") not in (None, "clusterprobe"):
         # A foreign file's architecture also depends on options (stem padding, head activation,
         # ViT heads): the same file rebuilt differently is a different bank.
         checkpoint["model_config"] = checkpoint_info.get("model_config")
-    return fingerprint({"checkpoint": checkpoint, "layers": [s.to_dict() for s in specs],
-                        "dataset": dict(description)})
+    what = {"checkpoint": checkpoint, "layers": [s.to_dict() for s in specs], "dataset": dict(description)}
+    if dtype != np.float32:
+        what["dtype"] = dtype.name
+    return fingerprint(what)
 
 
 def _reusable_bank(out: Path, key: str, overwrite: bool) -> FeatureBank | None:
@@ -378,7 +388,7 @@ def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, ov
     """Rank 0 creates (or reopens, to resume) ``out``'s partial bank; the others open it after."""
     coarse = getattr(job.dataset, "coarse_targets", None)
     args = dict(n=len(job.dataset), dims=dims, has_labels=True, has_coarse_labels=coarse is not None,
-                fingerprint=key, overwrite=overwrite, chunk_rows=chunk)
+                fingerprint=key, overwrite=overwrite, chunk_rows=chunk, dtype=job.dtype)
     writer, failure = None, None
     if job.rank == 0:
         try:
@@ -392,17 +402,20 @@ def _open_writer(job: _Extraction, out: Path, dims: dict[str, int], key: str, ov
     return writer if writer is not None else BankWriter(out, create=False, **args)
 
 
-def _extract_pending_chunks(job: _Extraction, writer: BankWriter, chunk: int) -> dict[str, int]:
-    """Extract this rank's unfinished chunks; returns the non-finite value count per layer
-    summed over all ranks."""
+def _extract_pending_chunks(job: _Extraction, writer: BankWriter, chunk: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Extract this rank's unfinished chunks; returns the counts per layer, summed over all ranks,
+    of non-finite values and of finite values beyond float16's range (0 for float32 banks)."""
     n = len(job.dataset)
     n_chunks = math.ceil(n / chunk)
     mine = [c for c in range(n_chunks) if c % job.world == job.rank and not writer.chunk_done(c)]
     nonfinite = {name: 0 for name in job.names}
+    overflow = {name: 0 for name in job.names}
     if mine:
-        _extract_chunks(job, writer, mine, chunk, nonfinite)
-    counts = distributed.all_reduce_(torch.tensor([nonfinite[name] for name in job.names], device=job.device))
-    return dict(zip(job.names, counts.tolist()))
+        _extract_chunks(job, writer, mine, chunk, nonfinite, overflow)
+    counts = distributed.all_reduce_(torch.tensor([nonfinite[name] for name in job.names]
+                                                  + [overflow[name] for name in job.names], device=job.device))
+    counts = counts.tolist()
+    return dict(zip(job.names, counts[: len(job.names)])), dict(zip(job.names, counts[len(job.names):]))
 
 
 def _refuse_nonfinite(job: _Extraction, writer: BankWriter, nonfinite: dict[str, int]) -> None:
@@ -410,17 +423,32 @@ def _refuse_nonfinite(job: _Extraction, writer: BankWriter, nonfinite: dict[str,
     bad = {name: count for name, count in nonfinite.items() if count}
     if not bad:
         return
-    distributed.barrier()
-    if job.rank == 0:
-        import shutil
-
-        shutil.rmtree(writer.partial, ignore_errors=True)
+    _discard_partial(job, writer)
     raise NonFiniteFeaturesError(
         "The model produced non-finite (NaN/inf) features: "
         + ", ".join(f"layer {name}: {count} values" for name, count in bad.items())
         + ". No bank was written. The checkpoint may come from a diverged run; try an "
         "earlier epoch, or pass check_finite=False to write the features anyway."
     )
+
+
+def _refuse_float16_overflow(job: _Extraction, writer: BankWriter, overflow: dict[str, int]) -> None:
+    """Remove the partial bank and raise when a float16 bank would have stored inf for values
+    beyond float16's range."""
+    bad = {name: count for name, count in overflow.items() if count}
+    if not bad:
+        return
+    _discard_partial(job, writer)
+    raise FeatureBankError(float16_refusal(bad) + " No bank was written.")
+
+
+def _discard_partial(job: _Extraction, writer: BankWriter) -> None:
+    """Every rank waits, then rank 0 removes the partial bank (its rows are not to be kept)."""
+    distributed.barrier()
+    if job.rank == 0:
+        import shutil
+
+        shutil.rmtree(writer.partial, ignore_errors=True)
 
 
 def _bank_meta(job: _Extraction, description, checkpoint_info, pre_activation: bool, extra_meta) -> dict:
@@ -438,7 +466,7 @@ def _bank_meta(job: _Extraction, description, checkpoint_info, pre_activation: b
 
 
 def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chunk: int,
-                    nonfinite: dict[str, int]) -> None:
+                    nonfinite: dict[str, int], overflow: dict[str, int]) -> None:
     """Forward the pending chunks, write their rows, mark each chunk done when complete."""
     n = len(job.dataset)
     indices = [i for c in chunks for i in range(c * chunk, min(n, (c + 1) * chunk))]
@@ -462,6 +490,9 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
             rows = {}
             for name, value in outputs.items():
                 nonfinite[name] += int((~torch.isfinite(value)).sum())
+                if job.dtype == np.float16:  # rounded on the device: half the transfer
+                    overflow[name] += float16_overflow(value)
+                    value = value.to(torch.float16)
                 rows[name] = value.cpu().numpy()
             stop = position + len(labels)
             writer.write_rows(

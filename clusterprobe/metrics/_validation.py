@@ -16,7 +16,10 @@ def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:
     """Return ``X`` as a C-contiguous 2-D array of ``dtype``, shape (n, d), after checks.
 
     A C-ordered array (or read-only memory map) of ``dtype`` is returned as it is, not copied;
-    the finite check reads it in chunks (extra memory: at most 16 MiB, whatever n).
+    so is a float16 one (a float16 feature bank) when ``dtype`` is float32: the metrics read
+    their input a chunk at a time (:func:`~._stream.read`) and compute in float32, so a float16
+    bank is never copied whole. The finite check reads in chunks (extra memory: at most 16 MiB,
+    whatever n).
 
     Raises :class:`MetricsError` for a wrong shape or an empty array and
     :class:`NonFiniteFeaturesError` (naming ``name`` and the number of bad rows) for NaN/inf.
@@ -33,6 +36,8 @@ def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:
         raise MetricsError(f"{name} is empty (shape {X.shape}); metrics need at least one sample and feature.")
     if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
         raise MetricsError(f"{name} must hold real numbers; got dtype {X.dtype}.")
+    if X.dtype == np.float16 and np.dtype(dtype) == np.float32:
+        dtype = np.float16  # kept: read (and widened to float32) a chunk at a time
     X = np.ascontiguousarray(X, dtype=dtype)  # no copy for a C-ordered float32 array or memory map
     bad, first = 0, -1
     rows = chunk_rows(X.shape[1] * (X.itemsize + 1), memory=min(memory_budget(), 16 * 2**20))

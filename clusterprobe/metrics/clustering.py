@@ -174,7 +174,7 @@ def kmeans(
 
 def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float,
             init: str, device: str) -> KMeansResult:
-    """:func:`kmeans` on validated input: ``X`` float32 (n, d), 2 <= k <= n, seeds a tuple."""
+    """:func:`kmeans` on validated input: ``X`` float32 or float16 (n, d), 2 <= k <= n, seeds a tuple."""
     n, d = X.shape
     faiss = faiss_module()
     method = _init_method(faiss, init)
@@ -185,20 +185,26 @@ def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, nite
 
 @contextmanager
 def _kmeans_data(X: np.ndarray, normalize: bool):
-    """The rows FAISS clusters: ``X`` itself, or its L2-normalised rows with ``normalize``.
+    """The rows FAISS clusters, float32: ``X`` itself, or its L2-normalised rows with
+    ``normalize``, or (float16 ``X``) its rows widened to float32.
 
-    FAISS reads its input in blocks of rows, so an array or memory map is used as it is. The
-    normalised rows are made in memory when they fit in the working-memory budget
+    FAISS reads its input in blocks of rows, so a float32 array or memory map is used as it is.
+    Other rows are made in memory when they fit in the working-memory budget
     (:func:`~._stream.memory_budget`); otherwise they are written chunk by chunk to a scratch
     file (in ``CLUSTERPROBE_SCRATCH``, else the temporary directory; n d 4 bytes of disk, removed
     at once) and memory-mapped, so host memory stays bounded whatever n.
     """
-    if not normalize:
+    if not normalize and X.dtype == np.float32:
         yield X
         return
     n, d = X.shape
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        block = read(X, start, stop)
+        return l2_normalize(block) if normalize else np.array(block, dtype=np.float32)
+
     if fits(4.0 * n * d):
-        yield l2_normalize(X)
+        yield rows(0, n)
         return
     folder = os.environ.get("CLUSTERPROBE_SCRATCH") or tempfile.gettempdir()
     handle, path = tempfile.mkstemp(prefix="clusterprobe-kmeans-", suffix=".npy", dir=folder)
@@ -206,7 +212,7 @@ def _kmeans_data(X: np.ndarray, normalize: bool):
     try:
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
         for start, stop in chunks(n, chunk_rows(8 * d, minimum=64)):
-            out[start:stop] = l2_normalize(read(X, start, stop))
+            out[start:stop] = rows(start, stop)
         out.flush()
         del out
         data = np.load(path, mmap_mode="r")
@@ -330,7 +336,7 @@ def _agreement(y: np.ndarray, result: KMeansResult, metrics) -> dict[str, tuple[
 
 def davies_bouldin(X, labels) -> float:
     """Davies-Bouldin index of ``labels`` (n,) on ``X`` (n, d), scikit-learn's; lower is better."""
-    X = as_features(X)
+    X = np.asarray(as_features(X), dtype=np.float32)  # float16 input: scikit-learn would compute in it
     y = as_labels(labels, n=X.shape[0])
     check_two_classes(y)
     return float(davies_bouldin_score(X, y))
@@ -338,7 +344,7 @@ def davies_bouldin(X, labels) -> float:
 
 def calinski_harabasz(X, labels) -> float:
     """Calinski-Harabasz index of ``labels`` (n,) on ``X`` (n, d), scikit-learn's; higher is better."""
-    X = as_features(X)
+    X = np.asarray(as_features(X), dtype=np.float32)  # float16 input: scikit-learn would compute in it
     y = as_labels(labels, n=X.shape[0])
     check_two_classes(y)
     return float(calinski_harabasz_score(X, y))
@@ -374,7 +380,7 @@ def cluster_validity(X, result: KMeansResult, *, metrics=LABEL_FREE) -> dict[str
 
 
 def _validity(X: np.ndarray, result: KMeansResult, metrics) -> dict[str, tuple[float, float]]:
-    """:func:`cluster_validity` on validated features ``X`` (n, d) float32."""
+    """:func:`cluster_validity` on validated features ``X`` (n, d) float32 or float16."""
     out = {}
     with _kmeans_data(X, result.normalize) as data:  # no normalised copy of a bank-sized X
         for name in metrics:

@@ -293,7 +293,7 @@ def _samples_multi(
     X: np.ndarray, label_sets: Sequence[np.ndarray], metric: str, device: str, block_size: int | None,
     normalize: bool = False, distributed: bool = False,
 ) -> list[np.ndarray]:
-    """:func:`silhouette_samples_multi` on validated ``X`` (n, d) float32 and (n,) int64 labels.
+    """:func:`silhouette_samples_multi` on validated ``X`` (n, d) float32 or float16 and (n,) int64 labels.
 
     ``normalize``: L2-normalise the rows as they are read (for the Euclidean metric on
     normalised features, without a normalised copy of ``X``).
@@ -369,7 +369,7 @@ def _stats_multi(
     X: np.ndarray, label_sets: Sequence[np.ndarray], metric: str, sample_size: int | None, random_state, device: str,
     normalize: bool = False, distributed: bool = False,
 ) -> list[SilhouetteStats]:
-    """:func:`silhouette_stats_multi` on validated ``X`` (n, d) float32 and (n,) int64 labels
+    """:func:`silhouette_stats_multi` on validated ``X`` (n, d) float32 or float16 and (n,) int64 labels
     (rows L2-normalised as they are read with ``normalize``)."""
     idx = _subsample(X.shape[0], sample_size, random_state)
     if idx is not None:

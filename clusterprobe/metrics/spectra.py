@@ -19,7 +19,7 @@ def singular_values(X, *, chunk: int = 8192) -> np.ndarray:
 
 
 def _singular_values(X: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """:func:`singular_values` of validated ``X`` (n, d) float32."""
+    """:func:`singular_values` of validated ``X`` (n, d) float32 or float16."""
     n, d = X.shape
     if d <= n:
         gram = np.zeros((d, d), dtype=np.float64)
@@ -47,7 +47,7 @@ def rankme(X, *, eps: float = RANKME_EPS) -> float:
 
 
 def _rankme(X: np.ndarray, eps: float = RANKME_EPS) -> float:
-    """:func:`rankme` of validated ``X`` (n, d) float32."""
+    """:func:`rankme` of validated ``X`` (n, d) float32 or float16."""
     sigma = _singular_values(X)
     total = sigma.sum()
     if total <= 0:
