@@ -8,7 +8,8 @@ ImageNet (1,281,167 x 2048, 1,000 classes) before anyone rents a GPU.
 For every size n, synthetic clustered features (``--dim`` 2048, ``--classes`` 1000 Gaussian
 classes) are made once per measurement in a fresh process and, by default (``--input memmap``),
 written to a scratch ``.npy`` and opened read-only memory-mapped, as a feature bank hands them out
-(``--input array`` keeps them in memory). Each metric is timed alone in that process, with its
+(``--input array`` keeps them in memory); ``--dtype float16`` stores them as a float16 bank
+does (half the bytes; the metrics widen each chunk to float32). Each metric is timed alone in that process, with its
 peak extra memory: ``anon``, the peak of the process's anonymous resident memory (RssAnon,
 sampled every 2 ms: NumPy, torch and FAISS allocations alike, not the file pages of the memory
 map, which the kernel may drop) beyond what it was before the metric, and ``numpy``, the peak of
@@ -137,6 +138,9 @@ def worker(args: argparse.Namespace) -> dict:
     X_test, y_test = synthetic(n_test, args.dim, args.classes, seed=1) if probe else (None, None)
     rng = np.random.default_rng(2)
     other = [rng.integers(0, args.classes, n) for _ in range(args.seeds)]  # stands in for k-means labels
+    if args.dtype == "float16":  # as a float16 bank (extract --dtype float16)
+        X = X.astype(np.float16)
+        X_test = None if X_test is None else X_test.astype(np.float16)
     features_mib = (X.nbytes + (0 if X_test is None else X_test.nbytes)) / 2**20
     scratch = None
     if args.input == "memmap":  # as a feature bank: read-only memory maps of .npy files
@@ -173,7 +177,8 @@ def worker(args: argparse.Namespace) -> dict:
     if scratch is not None:
         scratch.cleanup()
     return {"metric": args.metric, "n": n, "seconds": seconds, "peak_beyond_mib": beyond,
-            "numpy_peak_mib": numpy_peak / 2**20, "features_mib": features_mib, "input": args.input}
+            "numpy_peak_mib": numpy_peak / 2**20, "features_mib": features_mib,
+            "input": f"{args.input} {args.dtype}"}
 
 
 # -- the driver -------------------------------------------------------------------------------------
@@ -181,7 +186,7 @@ def measure(metric: str, n: int, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, __file__, "--worker", metric, "--n", str(n), "--dim", str(args.dim),
                "--classes", str(args.classes), "--seeds", str(args.seeds), "--kmeans-niter",
                str(args.kmeans_niter), "--probe-iter", str(args.probe_iter), "--device", args.device,
-               "--input", args.input]
+               "--input", args.input, "--dtype", args.dtype]
     env = {**os.environ, "PYTHONPATH": str(Path(args.code).resolve() if args.code else ROOT)}
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout, env=env)
@@ -215,6 +220,8 @@ def main() -> None:
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help=f"any of {', '.join(METRICS)}")
     parser.add_argument("--input", choices=("memmap", "array"), default="memmap",
                         help="features as a read-only memory map of a .npy file (a bank) or in memory")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="storage type of the features (a float16 bank: half the bytes)")
     parser.add_argument("--code", help="import clusterprobe from this directory (another checkout)")
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--classes", type=int, default=1000)
@@ -240,7 +247,7 @@ def main() -> None:
     import torch
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}, cuda {torch.cuda.is_available()}; d = {args.dim}, k = {args.classes}, "
+          f"{torch.get_num_threads()}, cuda {torch.cuda.is_available()}; {args.dtype} {args.input}, d = {args.dim}, k = {args.classes}, "
           f"{args.seeds} seeds, k-means {args.kmeans_niter} iterations, probe {args.probe_iter} iterations",
           flush=True)
     results: dict[str, list[dict]] = {m: [] for m in metrics}
