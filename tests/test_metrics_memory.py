@@ -175,12 +175,13 @@ def test_streamed_lbfgs_solves_the_same_problem(bank, small_budget):
     """The chunked loss and gradient are the full-batch ones, and L-BFGS reaches the same optimum."""
     import torch
 
-    from clusterprobe.metrics.probes import _fit_lbfgs, _loss_and_grad, _loss_and_grad_rows, _Rows, _standardization
+    from clusterprobe.metrics.probes import _fit_lbfgs, _loss_and_grad, _loss_and_grad_rows, _standardization
+    from clusterprobe.metrics._stream import DeviceRows
 
     X, y, _, _, _ = bank
     scale = _standardization(X)
     target = torch.from_numpy(y)
-    rows = _Rows(X, scale, torch.device("cpu"), bytes_per_row=12 * K)
+    rows = DeviceRows(X, scale, torch.device("cpu"), bytes_per_row=12 * K)
     assert rows.resident is None and rows.chunk < N  # really streamed
     full = torch.from_numpy((np.asarray(X) - scale[0]) * scale[1])
     W0 = 0.01 * torch.randn(D, K, generator=torch.Generator().manual_seed(0))

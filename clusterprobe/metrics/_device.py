@@ -74,6 +74,28 @@ def faiss_use_gpu(device: str = "auto") -> bool:
     return faiss_gpu_count() > 0
 
 
+#: Engines for k-means and exact nearest-neighbour search.
+BACKENDS = ("auto", "faiss", "torch")
+
+
+def search_backend(device: str = "auto", backend: str = "auto") -> str:
+    """The engine for k-means and exact search on ``device``: 'faiss' (FAISS, on the GPU when
+    its GPU build has one, else on the CPU) or 'torch' (:mod:`._torch_search`: torch matrix
+    products on the device). ``backend='auto'`` picks torch on a CUDA device that FAISS cannot
+    use (pip's faiss-cpu beside a GPU), FAISS otherwise; ``CLUSTERPROBE_SEARCH_BACKEND``
+    (faiss or torch) overrides that choice for every metric."""
+    if backend == "auto":
+        backend = os.environ.get("CLUSTERPROBE_SEARCH_BACKEND", "").strip().lower() or "auto"
+    if backend not in BACKENDS:
+        from ._validation import MetricsError
+
+        raise MetricsError(f"Unknown k-means/search backend {backend!r} (backend=, or CLUSTERPROBE_SEARCH_BACKEND): "
+                          f"use one of {', '.join(BACKENDS)}.")
+    if backend != "auto":
+        return backend
+    return "torch" if resolve_device(device).type == "cuda" and faiss_gpu_count() == 0 else "faiss"
+
+
 def faiss_search(database, queries, k: int, inner_product: bool, device: str = "auto"):
     """Exact k-nearest-neighbour search with FAISS (GPU when available).
 

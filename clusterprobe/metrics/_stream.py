@@ -10,15 +10,18 @@ silhouettes, neighbours). The pages of a memory-mapped input that the kernel kee
 not counted: they belong to the file and are dropped under memory pressure.
 
 :class:`RowSubset` stands for selected rows of an array (a probe's hold-out split) without
-copying them.
+copying them. :class:`DeviceRows` hands the rows to torch on a device: one resident tensor where
+that is free or fits, else a chunk at a time.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Iterator
 
 import numpy as np
+import torch
 
 #: Default working memory of one metric beyond its input, in bytes.
 MEMORY = 256 * 2**20
@@ -113,3 +116,78 @@ class RowSubset:
 
     def __repr__(self) -> str:
         return f"RowSubset({len(self)} of {self.base.shape[0]} rows)"
+
+
+class DeviceRows:
+    """Features as float32 tensors on ``device``, standardised or L2-normalised as they are read.
+
+    ``X`` is an array (float32 or float16), a read-only memory map or a :class:`RowSubset`
+    (n, d); ``scale`` is None or the (mean, inverse) float32 rows of a standardisation (the
+    probes); ``normalize`` scales each row to unit length instead (cosine search, spherical
+    k-means). The rows are *resident* (one tensor) when that costs no copy (float32 rows used as
+    they are, on the CPU: the tensor shares ``X``'s memory), when the prepared copy fits in the
+    working-memory budget, or, on a GPU, when it fits in half of the GPU's free memory (sent
+    chunk by chunk). Otherwise they are read from ``X`` whenever asked for, ``chunk`` rows
+    (within the budget, with ``bytes_per_row`` of the caller's buffers) at a time.
+    """
+
+    def __init__(self, X, scale, device: torch.device, bytes_per_row: float = 0.0, normalize: bool = False):
+        if scale is not None and normalize:
+            raise ValueError("DeviceRows: standardise or normalise, not both")
+        self.X, self.scale, self.device, self.normalize = X, scale, device, bool(normalize)
+        self.n, self.d = int(X.shape[0]), int(X.shape[1])
+        # the chunk, its standardised copy and the caller's per-row buffers within the budget
+        self.chunk = chunk_rows(8 * self.d + bytes_per_row, minimum=64)
+        self.resident = self._resident()
+
+    def _resident(self) -> torch.Tensor | None:
+        X, nbytes = self.X, 4.0 * self.n * self.d
+        if isinstance(X, torch.Tensor):
+            return X
+        if self.device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
+            out = torch.empty((self.n, self.d), dtype=torch.float32, device=self.device)
+            for start, stop in chunks(self.n, self.chunk):
+                out[start:stop] = self._host(start, stop)
+            return out
+        if self.device.type == "cpu" and self.scale is None and not self.normalize \
+                and isinstance(X, np.ndarray) and X.dtype == np.float32 and X.flags.c_contiguous:
+            return to_tensor(X, self.device)  # shares X's memory (a memory map stays one)
+        if fits(nbytes):
+            return to_tensor(self._prepare(np.asarray(X)), self.device)
+        return None
+
+    def _prepare(self, block: np.ndarray) -> np.ndarray:
+        if self.normalize:
+            from ..linalg import l2_normalize
+
+            return l2_normalize(np.asarray(block, dtype=np.float32))
+        if self.scale is None:
+            return block
+        mean, inverse = self.scale
+        out = block - mean
+        out *= inverse
+        return out
+
+    def _host(self, start: int, stop: int) -> torch.Tensor:
+        return to_tensor(self._prepare(read(self.X, start, stop)), self.device)
+
+    def pieces(self):
+        """(start, stop, rows) over all rows: one piece when resident and the caller's buffers fit."""
+        if self.resident is not None and self.n <= self.chunk:
+            yield 0, self.n, self.resident
+            return
+        for start, stop in chunks(self.n, self.chunk):
+            yield start, stop, (self.resident[start:stop] if self.resident is not None else self._host(start, stop))
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (a tensor on ``device``), in that order."""
+        if self.resident is not None:
+            return self.resident[index]
+        return to_tensor(self._prepare(take(self.X, index.cpu().numpy())), self.device)
+
+
+def to_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(X).to(device)

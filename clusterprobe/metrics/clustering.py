@@ -29,9 +29,11 @@ from sklearn.metrics import (
 )
 from sklearn.metrics.cluster import contingency_matrix
 
-from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, threads_for
+from ..devices import resolve_device
+from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, search_backend, threads_for
 from ..linalg import l2_normalize
-from ._stream import chunk_rows, chunks, fits, read
+from . import _torch_search
+from ._stream import DeviceRows, chunk_rows, chunks, fits, read
 from ._validation import (
     MetricsError,
     as_features,
@@ -65,6 +67,7 @@ class KMeansResult:
     init: str
     gpu: bool = False
     settings: dict = field(default_factory=dict)
+    backend: str = "faiss"  # 'faiss' or 'torch' (see clusterprobe.metrics._torch_search)
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -135,6 +138,7 @@ def kmeans(
     tol: float = 1e-4,
     init: str = "k-means++",
     device: str = "auto",
+    backend: str = "auto",
 ) -> KMeansResult:
     """Run FAISS k-means on all n points of ``X`` (n, d) once per seed.
 
@@ -145,6 +149,11 @@ def kmeans(
     (``device='auto'``). Stops after ``niter`` Lloyd iterations, or earlier once an iteration
     improves the objective by less than ``tol`` (relative). ``init`` is 'k-means++' (default)
     or 'random'.
+
+    ``backend``: 'faiss', 'torch' (Lloyd iterations as torch matrix products on ``device``,
+    :mod:`~clusterprobe.metrics._torch_search`), or 'auto' (default): torch on a CUDA device that
+    FAISS cannot use (pip's faiss-cpu), FAISS otherwise. Both implement the same algorithm; their
+    k-means++ draws differ, so the clusterings of one seed differ as two seeds' do.
 
     Returns a :class:`KMeansResult`: ``labels`` (n_seeds, n), ``centroids`` (n_seeds, k, d),
     ``objective`` (n_seeds,).
@@ -169,12 +178,15 @@ def kmeans(
         raise MetricsError(f"tol must be a non-negative number; got {tol!r}.")
     if init not in INITS:
         raise MetricsError(f"Unknown k-means init {init!r}: use one of {', '.join(INITS)}.")
-    return _kmeans(X, k, seeds, bool(normalize), int(niter), float(tol), init, device)
+    backend = search_backend(device, backend)  # also refuses an unknown backend
+    return _kmeans(X, k, seeds, bool(normalize), int(niter), float(tol), init, device, backend)
 
 
 def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float,
-            init: str, device: str) -> KMeansResult:
+            init: str, device: str, backend: str = "auto") -> KMeansResult:
     """:func:`kmeans` on validated input: ``X`` float32 or float16 (n, d), 2 <= k <= n, seeds a tuple."""
+    if search_backend(device, backend) == "torch":
+        return _kmeans_torch(X, k, seeds, normalize, niter, tol, init, resolve_device(device))
     n, d = X.shape
     faiss = faiss_module()
     method = _init_method(faiss, init)
@@ -255,6 +267,26 @@ def _kmeans_on(data: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool
         gpu=gpu,
         settings={"k": k, "normalize": normalize, "seeds": list(seeds), "niter": niter,
                   "tol": tol, "init": init},
+    )
+
+
+def _kmeans_torch(X, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float, init: str,
+                  device) -> KMeansResult:
+    """:func:`_kmeans` with the torch backend: the (normalised) rows held on ``device`` once for
+    all seeds when they fit (half the free GPU memory; the working-memory budget on the CPU), else
+    read a chunk at a time at every pass."""
+    n, d = X.shape
+    rows = DeviceRows(X, None, device, bytes_per_row=12.0 * k, normalize=normalize)  # + the (rows, k) products
+    labels = np.empty((len(seeds), n), dtype=np.int64)
+    centroids = np.empty((len(seeds), k, d), dtype=np.float32)
+    objective = np.empty(len(seeds), dtype=np.float64)
+    with threads_for(2 * min(n, rows.chunk) * k * d if device.type == "cpu" else math.inf):
+        for i, seed in enumerate(seeds):
+            labels[i], centroids[i], objective[i] = _torch_search.kmeans_once(rows, k, seed, niter, tol, normalize, init)
+    return KMeansResult(
+        labels=labels, centroids=centroids, objective=objective, seeds=seeds, k=k, normalize=normalize,
+        niter=niter, tol=tol, init=init, gpu=device.type == "cuda", backend="torch",
+        settings={"k": k, "normalize": normalize, "seeds": list(seeds), "niter": niter, "tol": tol, "init": init},
     )
 
 

@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
-from ._device import faiss_search, threads_for
+from . import _torch_search
+from ._device import faiss_search, search_backend, threads_for
 from ..linalg import l2_normalize
-from ._stream import RowSubset, chunk_rows, chunks, fits, memory_budget, read, take
+from ._stream import DeviceRows, RowSubset, chunk_rows, chunks, memory_budget, read, to_tensor
 from ._validation import (
     MetricsError,
     as_features,
@@ -170,73 +171,6 @@ class _Hits:
 
 
 # -- linear probe ---------------------------------------------------------------------------
-class _Rows:
-    """A probe's features as float32 tensors on ``device``, standardised as they are read.
-
-    ``X`` is an array, a read-only memory map or a :class:`RowSubset` (n, d); ``scale`` is None
-    or the (mean, inverse) float32 rows of a standardisation. The rows are *resident* (one
-    tensor) when that costs no copy (unstandardised float32 on the CPU: the tensor shares ``X``'s
-    memory), when the standardised copy fits in the working-memory budget, or, on a GPU, when it
-    fits in half of the GPU's free memory (sent chunk by chunk). Otherwise they are read from
-    ``X`` whenever asked for, ``chunk`` rows (within the budget) at a time.
-    """
-
-    def __init__(self, X, scale, device: torch.device, bytes_per_row: float = 0.0):
-        self.X, self.scale, self.device = X, scale, device
-        self.n, self.d = int(X.shape[0]), int(X.shape[1])
-        # the chunk, its standardised copy and the caller's per-row buffers within the budget
-        self.chunk = chunk_rows(8 * self.d + bytes_per_row, minimum=64)
-        self.resident = self._resident()
-
-    def _resident(self) -> torch.Tensor | None:
-        X, nbytes = self.X, 4.0 * self.n * self.d
-        if isinstance(X, torch.Tensor):
-            return X
-        if self.device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
-            out = torch.empty((self.n, self.d), dtype=torch.float32, device=self.device)
-            for start, stop in chunks(self.n, self.chunk):
-                out[start:stop] = self._host(start, stop)
-            return out
-        if self.device.type == "cpu" and self.scale is None and isinstance(X, np.ndarray) \
-                and X.dtype == np.float32 and X.flags.c_contiguous:
-            return _tensor(X, self.device)  # shares X's memory (a memory map stays one)
-        if fits(nbytes):
-            return _tensor(self._prepare(np.asarray(X)), self.device)
-        return None
-
-    def _prepare(self, block: np.ndarray) -> np.ndarray:
-        if self.scale is None:
-            return block
-        mean, inverse = self.scale
-        out = block - mean
-        out *= inverse
-        return out
-
-    def _host(self, start: int, stop: int) -> torch.Tensor:
-        return _tensor(self._prepare(read(self.X, start, stop)), self.device)
-
-    def pieces(self):
-        """(start, stop, rows) over all rows: one piece when resident and the caller's buffers fit."""
-        if self.resident is not None and self.n <= self.chunk:
-            yield 0, self.n, self.resident
-            return
-        for start, stop in chunks(self.n, self.chunk):
-            yield start, stop, (self.resident[start:stop] if self.resident is not None else self._host(start, stop))
-
-    def take(self, index: torch.Tensor) -> torch.Tensor:
-        """Rows ``index`` (a tensor on ``device``), in that order."""
-        if self.resident is not None:
-            return self.resident[index]
-        return _tensor(self._prepare(take(self.X, index.cpu().numpy())), self.device)
-
-
-def _tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    with warnings.catch_warnings():  # a read-only memory map: the tensor is only ever read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(X).to(device)
-
-
 def _loss_and_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, penalty: float):
     """Mean cross-entropy of softmax(XW + b) plus ``penalty * ||W||^2``, and its gradients.
 
@@ -256,7 +190,7 @@ def _loss_and_grad(X: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.T
     return loss, grad_W, grad_b
 
 
-def _loss_and_grad_rows(rows: _Rows, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, penalty: float):
+def _loss_and_grad_rows(rows: DeviceRows, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, penalty: float):
     """:func:`_loss_and_grad` over all of ``rows``, a chunk at a time when they are not one piece
     (sums of the chunks' cross-entropies and gradients, divided by n at the end)."""
     pieces = rows.pieces()
@@ -286,9 +220,9 @@ def _preconditioner(X, rows: int = 20000, damping: float = 1e-2) -> torch.Tensor
     optimising V with W = M V makes it nearly isotropic: L-BFGS then needs ~25 evaluations
     instead of ~200 on correlated features, and still solves exactly the same problem.
     ``delta = damping * mean eigenvalue`` keeps near-constant directions harmless. ``X`` is a
-    tensor or :class:`_Rows` (read a chunk at a time when not resident: O(d^2) memory).
+    tensor or :class:`DeviceRows` (read a chunk at a time when not resident: O(d^2) memory).
     """
-    source = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    source = X if isinstance(X, DeviceRows) else DeviceRows(X, None, X.device)
     n, d = source.n, source.d
     idx = None
     if n > rows:
@@ -314,11 +248,11 @@ def _preconditioner(X, rows: int = 20000, damping: float = 1e-2) -> torch.Tensor
 def _fit_lbfgs(X, y: torch.Tensor, C_classes: int, C: float, max_iter: int, tol: float):
     """Minimise mean CE(XW + b) + ||W||^2 / (2 C n) with full-batch L-BFGS; returns (W, b).
 
-    ``X`` is a (n, d) tensor or :class:`_Rows` (read a chunk at a time when not resident).
+    ``X`` is a (n, d) tensor or :class:`DeviceRows` (read a chunk at a time when not resident).
     L-BFGS runs on V with W = M V (M from :func:`_preconditioner`); ``tol`` bounds the largest
     gradient entry with respect to (V, b).
     """
-    rows = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    rows = X if isinstance(X, DeviceRows) else DeviceRows(X, None, X.device)
     n, d = rows.n, rows.d
     M = _preconditioner(rows)
     V = torch.zeros((d, C_classes), dtype=M.dtype, device=rows.device)
@@ -350,8 +284,8 @@ def _fit_reference(
 ):
     """The reference protocol: Linear + Adam, LR decaying exponentially from lr (first epoch) to
     lr_final (last epoch), shuffled mini-batches; seeded. ``X`` is a (n, d) tensor or
-    :class:`_Rows` (each batch gathered from the memory map when not resident)."""
-    rows = X if isinstance(X, _Rows) else _Rows(X, None, X.device)
+    :class:`DeviceRows` (each batch gathered from the memory map when not resident)."""
+    rows = X if isinstance(X, DeviceRows) else DeviceRows(X, None, X.device)
     n, d = rows.n, rows.d
     generator = torch.Generator().manual_seed(seed)
     # skip_init: the layer's own initialisation would draw from torch's global RNG
@@ -441,7 +375,7 @@ def _linear_probe(split: Split, protocol: str, *, C: float = 1.0, max_iter: int 
     standardize = (protocol == "lbfgs") if standardize is None else bool(standardize)
     scale = _standardization(split.X_train) if standardize else None
     C_classes = classes.size
-    Xtr = _Rows(split.X_train, scale, device, bytes_per_row=12 * C_classes)  # + logits, softmax, gradient
+    Xtr = DeviceRows(split.X_train, scale, device, bytes_per_row=12 * C_classes)  # + logits, softmax, gradient
     target = torch.from_numpy(ytr).to(device)
     if protocol == "lbfgs":
         settings = {"protocol": protocol, "C": float(C), "max_iter": int(max_iter), "tol": float(tol)}
@@ -459,7 +393,7 @@ def _linear_probe(split: Split, protocol: str, *, C: float = 1.0, max_iter: int 
                                   float(lr_final), float(weight_decay), int(seed))
     del Xtr
     hits = _Hits(C_classes)
-    Xte = _Rows(split.X_test, scale, device, bytes_per_row=8 * C_classes)
+    Xte = DeviceRows(split.X_test, scale, device, bytes_per_row=8 * C_classes)
     with torch.no_grad():
         for start, stop, X in Xte.pieces():
             hits.add(torch.addmm(b, X, W).cpu().numpy(), yte[start:stop])
@@ -569,10 +503,17 @@ def _neighbours(database, queries, k: int, cosine: bool, device: str) -> tuple[n
     to the smaller index. With one chunk each this is one FAISS search, as before.
 
     Extra memory: about the working-memory budget (256 MiB) plus 12 m k bytes (the running
-    neighbours) and FAISS's blocks (4096 x 1024 floats), whatever n.
+    neighbours) and FAISS's blocks (4096 x 1024 floats), whatever n. On a CUDA device that FAISS
+    cannot use, the search runs as torch matrix products there instead
+    (:func:`~._torch_search.search`; the database kept in GPU memory when it fits in half of what is free).
     """
     n, d = database.shape
     m = queries.shape[0]
+    if search_backend(device) == "torch":  # a GPU that FAISS cannot use: torch matrix products there
+        dev = resolve_device(device)
+        return _torch_search.search(DeviceRows(database, None, dev, bytes_per_row=8 * k, normalize=cosine),
+                                    DeviceRows(queries, None, dev, bytes_per_row=16 * k, normalize=cosine),
+                                    k, inner_product=cosine)
     db_rows = chunk_rows(8 * d, memory=memory_budget() // 2, minimum=64, multiple=1024)
     q_rows = chunk_rows(8 * d + 24 * k, memory=memory_budget() // 2, minimum=64)
 

@@ -1,0 +1,140 @@
+"""The torch backend of k-means and exact search (the GPU path where FAISS has no GPU build),
+checked on the CPU against FAISS itself and against exact probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clusterprobe.metrics import kmeans, knn_accuracy, nmi
+from clusterprobe.metrics import _torch_search
+from clusterprobe.metrics._device import faiss_module, faiss_search, search_backend
+from clusterprobe.metrics._stream import DeviceRows
+from clusterprobe.metrics._validation import MetricsError
+from clusterprobe.linalg import l2_normalize
+
+CPU = torch.device("cpu")
+
+
+def blobs(n=900, d=16, classes=6, spread=0.6, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = 4 * rng.standard_normal((classes, d))
+    y = rng.integers(0, classes, n)
+    return (centers[y] + spread * rng.standard_normal((n, d))).astype(np.float32), y
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+@pytest.mark.parametrize("budget", [None, "16K"])
+def test_search_finds_faiss_neighbours(cosine, budget, monkeypatch):
+    if budget:  # many database pieces and sub-blocks, merged as they come
+        monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", budget)
+    rng = np.random.default_rng(1)
+    database = rng.standard_normal((700, 12)).astype(np.float32)
+    queries = rng.standard_normal((90, 12)).astype(np.float32)
+    scores, index = _torch_search.search(DeviceRows(database, None, CPU, normalize=cosine),
+                                         DeviceRows(queries, None, CPU, normalize=cosine), 7, inner_product=cosine)
+    prepare = l2_normalize if cosine else (lambda x: x)
+    ref_scores, ref_index = faiss_search(prepare(database), prepare(queries), 7, cosine, device="cpu")
+    np.testing.assert_array_equal(index, ref_index)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spherical", [True, False])
+def test_lloyd_iterations_are_faiss_iterations(spherical):
+    """From the same starting centroids, the same centroids and objective after each iteration."""
+    X, y = blobs(spread=2.5)  # overlapping classes: centroids move for several iterations
+    data = l2_normalize(X) if spherical else X
+    # one point of each class: no cluster empties (FAISS's split of a large one draws from its own RNG)
+    init = data[[int(np.flatnonzero(y == c)[0]) for c in range(6)]]
+    faiss = faiss_module()
+    for niter in (1, 6):
+        km = faiss.Kmeans(X.shape[1], 6, niter=niter, spherical=spherical, seed=0, max_points_per_centroid=10**6,
+                          min_points_per_centroid=1)
+        km.train(data, init_centroids=init.copy())
+        rows = DeviceRows(X, None, CPU, normalize=spherical)
+        centroids, history = _torch_search.lloyd(rows, torch.from_numpy(init.copy()), niter, 0.0, spherical,
+                                                 torch.Generator().manual_seed(0))
+        np.testing.assert_allclose(centroids.numpy(), km.centroids, atol=2e-5)
+        np.testing.assert_allclose(history, km.obj, rtol=1e-5)
+        _, faiss_labels = km.index.search(data, 1)
+        np.testing.assert_array_equal(_torch_search.assign(rows, centroids, spherical), faiss_labels[:, 0])
+
+
+def test_an_empty_cluster_takes_half_of_a_large_one():
+    X, _ = blobs(n=300, classes=3)
+    init = np.concatenate([X[:2], np.full((1, X.shape[1]), 1e3, dtype=np.float32)])  # nobody near the third
+    rows = DeviceRows(X, None, CPU)
+    centroids, _ = _torch_search.lloyd(rows, torch.from_numpy(init), 1, 0.0, False, torch.Generator().manual_seed(0))
+    centroids = centroids.numpy()
+    assert np.isfinite(centroids).all() and float(np.abs(centroids).max()) < 100
+    donor = int(np.argmin(np.abs(centroids[:2] - centroids[2]).sum(1)))
+    # split apart by a relative 1/1024, alternating sign per dimension, as FAISS does
+    np.testing.assert_allclose((centroids[2] - centroids[donor]) / (centroids[2] + centroids[donor]),
+                               np.where(np.arange(X.shape[1]) % 2, -1, 1) / 1024, rtol=1e-3)
+
+
+def test_kmeans_plus_plus_samples_proportionally_to_squared_distance():
+    """Second centroid on four points of a line: P(j) = mean over first picks i of d(i, j)^2 / sum_l d(i, l)^2."""
+    points = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32)
+    d2 = (points - points.T) ** 2
+    expected = (d2 / d2.sum(1, keepdims=True)).mean(0)
+    rows = DeviceRows(points, None, CPU)
+    draws = 4000
+    counts = np.zeros(4)
+    for seed in range(draws):
+        centroids = _torch_search.kmeans_plus_plus(rows, 2, torch.Generator().manual_seed(seed))
+        counts[int(np.flatnonzero(points[:, 0] == float(centroids[1, 0]))[0])] += 1
+    observed = counts / draws
+    sigma = np.sqrt(expected * (1 - expected) / draws)
+    assert np.all(np.abs(observed - expected) < 4 * sigma + 1e-9), (observed, expected)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_torch_backend_kmeans_finds_what_faiss_finds(normalize, monkeypatch):
+    X, y = blobs()
+    a = kmeans(X, 6, seeds=4, normalize=normalize, device="cpu", backend="torch")
+    b = kmeans(X, 6, seeds=4, normalize=normalize, device="cpu", backend="faiss")
+    assert a.backend == "torch" and b.backend == "faiss"
+    assert a.labels.shape == b.labels.shape == (4, len(X)) and a.centroids.shape == b.centroids.shape
+    # k-means++ draws differ between the two, and any one seed may stop in a local optimum; the
+    # best of four seeds of each reaches the true clustering, with the same objective
+    best = lambda r: int(np.argmax(r.objective) if normalize else np.argmin(r.objective))  # noqa: E731
+    assert nmi(y, a.labels[best(a)]) == pytest.approx(1.0) and nmi(y, b.labels[best(b)]) == pytest.approx(1.0)
+    assert a.objective[best(a)] == pytest.approx(b.objective[best(b)], rel=1e-5)
+    # seeded: the same result again, also when the rows are read a chunk at a time
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "8K")
+    again = kmeans(X.astype(np.float16), 6, seeds=2, normalize=normalize, device="cpu", backend="torch")
+    f16 = X.astype(np.float16).astype(np.float32)
+    ref = kmeans(f16, 6, seeds=2, normalize=normalize, device="cpu", backend="torch")
+    np.testing.assert_array_equal(again.labels, ref.labels)
+    random = kmeans(X, 6, seeds=1, init="random", device="cpu", backend="torch")
+    assert random.labels.shape == (1, len(X))
+
+
+def test_knn_with_the_torch_backend_equals_faiss(monkeypatch):
+    X, y = blobs(n=1200, d=4, spread=4.0)  # overlapping classes: accuracy well below 1
+    train, test = slice(0, 1000), slice(1000, None)
+    expected = {p: knn_accuracy(X[train], y[train], X[test], y[test], protocol=p, device="cpu")
+                for p in ("weighted-cosine", "majority-euclidean")}
+    monkeypatch.setenv("CLUSTERPROBE_SEARCH_BACKEND", "torch")
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "32K")
+    for protocol, result in expected.items():
+        assert 0.3 < result.top1 < 0.99
+        assert knn_accuracy(X[train], y[train], X[test], y[test], protocol=protocol, device="cpu") == result
+
+
+def test_backend_choice(monkeypatch):
+    assert search_backend("cpu") == "faiss"
+    assert search_backend("cpu", "torch") == "torch"
+    monkeypatch.setenv("CLUSTERPROBE_SEARCH_BACKEND", "torch")
+    assert search_backend("cpu") == "torch" and search_backend("cpu", "faiss") == "faiss"
+    monkeypatch.setenv("CLUSTERPROBE_SEARCH_BACKEND", "cuml")
+    with pytest.raises(MetricsError, match="Unknown k-means/search backend 'cuml'.*CLUSTERPROBE_SEARCH_BACKEND"):
+        search_backend("cpu")
+    with pytest.raises(MetricsError, match="'annoy'"):
+        kmeans(blobs()[0], 3, backend="annoy")
+    if not torch.cuda.is_available():
+        assert math.isfinite(0.0)  # nothing more to check without a GPU
