@@ -261,9 +261,10 @@ def build_training(config: TrainConfig, env: distributed.DistributedEnv, data: T
                 model.backbone.compile()  # in place: state-dict keys stay as they are
     method.distribute(env)
     peak_lr = config.scaled_lr()
+    # the fast step (SGD's fused kernel, LARS's multi-tensor step) on CUDA unless the config says
     fused = config.fused_optimizer if config.fused_optimizer is not None else device.type == "cuda"
     optimizer = build_optimizer(config.optimizer, method.trainable_parameters(), peak_lr,
-                                float(config.weight_decay), config.momentum, fused=fused and config.optimizer == "sgd")
+                                float(config.weight_decay), config.momentum, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and config.amp_dtype == "float16")
     lr_schedule = WarmupCosineSchedule(peak_lr, total_steps, round(config.warmup_epochs * data.steps_per_epoch),
                                        peak_lr * float(config.lr_floor))
