@@ -106,8 +106,9 @@ class TrainConfig:
     the method's, capped at a tenth of the run), ``lr_floor`` (final LR as a fraction of the peak),
     ``ema_base`` (momentum methods), ``amp`` / ``amp_dtype`` (CUDA only), ``seed``. Speed:
     ``channels_last`` (None: on CUDA), ``compile`` (``torch.compile`` of the encoders, keys
-    unchanged), ``fused_optimizer`` (fused SGD kernel; None: on CUDA); they change results only at
-    the level of floating-point rounding and may differ between a run and its resume.
+    unchanged), ``fused_optimizer`` (SGD's fused kernel, LARS's multi-tensor step; None: on
+    CUDA); they change results only at the level of floating-point rounding and may differ
+    between a run and its resume.
 
     Method: ``method``, ``views`` (augmentation recipe), ``views_on`` (``loader``: PIL pipelines
     in DataLoader workers; ``device``: batched on the training device from a uint8 copy of the
