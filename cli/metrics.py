@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -125,9 +126,13 @@ def metrics(
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached values (and overwrite them)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
 ) -> None:
-    """Clustering (k-means NMI/ARI/ACC, silhouette), probe (linear, kNN) and spectral metrics per layer and epoch."""
+    """Clustering (k-means NMI/ARI/ACC, silhouette), probe (linear, kNN) and spectral metrics per layer and epoch.
+
+    Under ``torchrun --nproc_per_node N -m cli.main metrics ...`` the N processes compute the
+    exact silhouettes together (rank 0 does the rest, prints and writes the files)."""
+    from clusterprobe import distributed
     from clusterprobe.devices import limit_threads
-    from clusterprobe.metrics import MetricSettings, evaluate
+    from clusterprobe.metrics import MetricSettings
 
     limit_threads(threads)
 
@@ -135,15 +140,30 @@ def metrics(
         metrics=metric_names, k=k, distance=distance, seeds=_seeds(seeds), normalize=normalize,
         probe=probe, knn=knn, knn_k=knn_k, silhouette_sample_size=sample_size, device=device,
     )
+    env = distributed.init_distributed(device)  # a process group under torchrun, else nothing
+    try:
+        _run(source, settings, env.is_main, train=train, layers=layers, splits=splits, epochs=epochs, cache=cache,
+             recompute=recompute, output=output)
+    finally:
+        distributed.shutdown(env)
+
+
+def _run(source, settings, main: bool, *, train, layers, splits, epochs, cache, recompute, output) -> None:
+    """The suite (with the other ranks under torchrun); rank 0 alone prints and writes files."""
+    from clusterprobe.metrics import evaluate
+
     err = Console(stderr=True)
-    with err.status("computing metrics ...") as status, warnings.catch_warnings():
+    with (err.status("computing metrics ...") if main else contextlib.nullcontext()) as status, \
+            warnings.catch_warnings():
         # said once below, in the command's own words
         warnings.filterwarnings("ignore", message="Could not write the metrics cache")
         frame = evaluate(
             source, settings, train=train, layers=split_list(layers), splits=split_list(splits),
             epochs=[int(e) for e in split_list(epochs)] if epochs else None, cache=cache,
-            recompute=recompute, progress=lambda message: status.update(message),
+            recompute=recompute, progress=(lambda message: status.update(message)) if main else False,
         )
+    if not main:
+        return
     out = Console()
     for table in render_tables(frame):
         out.print(table)

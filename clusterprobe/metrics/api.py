@@ -29,7 +29,7 @@ import pandas as pd
 from ..bank import FeatureBank
 from ..errors import MetricsError
 from ..runs import METRICS_NAME
-from .engine import evaluate_groups
+from .engine import agreed, evaluate_groups, suite_team
 from .settings import MetricSettings, settings_with
 from .sources import group_from_arrays, groups_from_source
 
@@ -93,6 +93,7 @@ def evaluate(
     cache: CacheArg = True,
     recompute: bool = False,
     progress: ProgressArg = False,
+    distributed: bool | None = None,
     **overrides,
 ) -> pd.DataFrame:
     """Compute the metric suite for a feature bank or a run directory; returns the tidy table.
@@ -110,6 +111,20 @@ def evaluate(
         recompute: ignore cached values (and overwrite them).
         progress: False (default, silent), True (one plain line per step on stderr), or a
             callable receiving each message string.
+        distributed: None (default, auto) = share the work among the ranks of the
+            torch.distributed process group when one is initialised with several ranks (under
+            ``torchrun``, after :func:`clusterprobe.distributed.init_distributed`, which also
+            gives each rank its own GPU), else compute
+            in this process; True = require such a group; False = this process alone, whatever
+            group exists. With a group, every rank must make the same call on the same data
+            (called on rank 0 alone it waits for the others: pass False there):
+            rank 0 computes k-means, probes, kNN, RankMe and the other scores, reads and writes
+            the cache and reports progress; the exact silhouettes are computed by all ranks, each
+            taking a share of the rows, with rank 0's labels (k-means's included); every rank
+            returns rank 0's table, equal to one process's (silhouettes to rounding). A rank that
+            fails before a shared step makes every rank raise (the others name it); one that dies
+            inside the silhouettes leaves the others waiting until torchrun stops them or the
+            group's timeout (``init_distributed(timeout_s=...)``, 30 min) passes.
 
     Returns:
         The tidy table (columns of :class:`~clusterprobe.metrics.table.MetricRow`), sorted by
@@ -119,12 +134,14 @@ def evaluate(
         MetricsError: bad settings, arguments, labels or k; FeatureBankError, LayerError,
         NonFiniteFeaturesError for unusable banks.
     """
-    settings = settings_with(settings, overrides)
-    report = _progress_function(progress)
-    cache_path = _cache_path(cache, lambda: default_cache_path(source))
-    groups = groups_from_source(source, train=train, splits=splits, epochs=epochs)
+    team = suite_team(distributed)
+    with agreed(team, "prepare the metrics suite"):
+        settings = settings_with(settings, overrides)
+        report = _progress_function(progress)
+        cache_path = _cache_path(cache, lambda: default_cache_path(source))
+        groups = groups_from_source(source, train=train, splits=splits, epochs=epochs)
     return evaluate_groups(groups, settings, layers=layers, cache_path=cache_path, recompute=recompute,
-                           progress=report)
+                           progress=report, team=team)
 
 
 def evaluate_arrays(
@@ -141,6 +158,7 @@ def evaluate_arrays(
     cache: CacheArg = False,
     recompute: bool = False,
     progress: ProgressArg = False,
+    distributed: bool | None = None,
     **overrides,
 ) -> pd.DataFrame:
     """The same suite on in-memory arrays (a notebook's features), returning the tidy table.
@@ -158,6 +176,8 @@ def evaluate_arrays(
         recompute: ignore cached values (and overwrite them).
         progress: False (default, silent), True (one plain line per step on stderr), or a
             callable receiving each message string.
+        distributed: as for :func:`evaluate` (None = auto: the torch.distributed group if
+            one is initialised with several ranks).
 
     Returns:
         The tidy table, as :func:`evaluate`'s.
@@ -166,9 +186,12 @@ def evaluate_arrays(
         MetricsError: bad settings, arguments, shapes, labels or k; NonFiniteFeaturesError for
         NaN or infinite features.
     """
-    settings = settings_with(settings, overrides)
-    report = _progress_function(progress)
-    cache_path = _cache_path(cache, None)
-    group = group_from_arrays(X_train, y_train, X_test, y_test, layer=layer, run=run, method=method, epoch=epoch,
-                              hash_data=cache_path is not None)
-    return evaluate_groups([group], settings, cache_path=cache_path, recompute=recompute, progress=report)
+    team = suite_team(distributed)
+    with agreed(team, "prepare the metrics suite"):
+        settings = settings_with(settings, overrides)
+        report = _progress_function(progress)
+        cache_path = _cache_path(cache, None)
+        group = group_from_arrays(X_train, y_train, X_test, y_test, layer=layer, run=run, method=method,
+                                  epoch=epoch, hash_data=cache_path is not None)
+    return evaluate_groups([group], settings, cache_path=cache_path, recompute=recompute, progress=report,
+                           team=team)

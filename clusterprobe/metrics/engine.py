@@ -6,10 +6,14 @@ every option), so the metric modules' internal functions are called directly, wi
 again. Per-split units (clustering, silhouette, RankMe) share one k-means run per (layer,
 split); probe units fit on the train split and score on the eval split (or on a stratified
 hold-out when there is only one split).
+
+Under torch.distributed (:func:`suite_team`) rank 0 runs everything above and the other ranks
+follow it: each exact silhouette computation is shared by all ranks (see :class:`_Team`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,10 +22,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..devices import resolve_device
 from . import clustering, probes, silhouette, spectra
-from ._validation import check_k, check_two_classes
+from ._validation import MetricsError, check_k, check_two_classes
 from .cache import MetricsCache, pair_data_id, settings_hash, unit_settings
 from .registry import METRIC_ORDER, UNITS, Unit
 from .settings import MetricSettings
@@ -61,8 +66,10 @@ class _SplitWork:
 
     _UNSET = object()
 
-    def __init__(self, data: SplitData, layer: str, settings: MetricSettings, k: int | None):
+    def __init__(self, data: SplitData, layer: str, settings: MetricSettings, k: int | None,
+                 team: "_Team | None" = None, where: tuple = ()):
         self.data, self.layer, self.settings, self.k = data, layer, settings, k
+        self.team, self.where = team, where  # where: (group index, split, layer), for the other ranks
         self._X = None
         self._km = None
         self._labels = self._UNSET
@@ -137,9 +144,7 @@ def _silhouette_rows(work: _SplitWork, by_name: dict[str, _Context]) -> list[Met
     normalize = bool(s.normalize and s.distance == "euclidean")
     # a single cluster has no silhouette; the labels' range is checked by the silhouette itself
     usable = [i for i, labels in enumerate(label_sets) if np.unique(labels).size >= 2]
-    stats = dict(zip(usable, silhouette._stats_multi(
-        work.X, [label_sets[i] for i in usable], s.distance, s.silhouette_sample_size, 0, s.device, normalize,
-    )))
+    stats = dict(zip(usable, _silhouette_stats(work, [label_sets[i] for i in usable], normalize)))
     common = {"normalize": s.normalize, "distance": s.distance}
     rows = []
     if "true" in owners:
@@ -158,6 +163,18 @@ def _silhouette_rows(work: _SplitWork, by_name: dict[str, _Context]) -> list[Met
         rows.append(ctx.row("silhouette_kmeans", float(means.mean()), float(means.std()), n, **cols))
         rows.append(ctx.row("silhouette_kmeans_spread", float(spreads.mean()), float(spreads.std()), n, **cols))
     return rows
+
+
+def _silhouette_stats(work: _SplitWork, label_sets: list[np.ndarray], normalize: bool) -> list:
+    """The silhouette statistics of ``label_sets`` on the split's features: in this process, or
+    (rank 0 of a team) shared by every rank, each given the very labels rank 0 has."""
+    s = work.settings
+    if work.team is None:
+        return silhouette._stats_multi(work.X, label_sets, s.distance, s.silhouette_sample_size, 0, s.device,
+                                       normalize)
+    job = _SilhouetteJob(work.where, label_sets, s.distance, s.silhouette_sample_size, s.device, normalize,
+                         _probe(work.X))
+    return work.team.lead_silhouettes(work.X, job)
 
 
 def _compute_pair_unit(
@@ -192,9 +209,10 @@ class _LayerJob:
     """Everything asked for one layer of one group: cached rows, skipped rows and new work."""
 
     def __init__(self, group: Group, layer: str, settings: MetricSettings, cache: MetricsCache, recompute: bool,
-                 progress: Progress | None):
+                 progress: Progress | None, team: "_Team | None" = None, index: int = 0):
         self.group, self.layer, self.settings = group, layer, settings
         self.cache, self.recompute, self.progress = cache, recompute, progress
+        self.team, self.index = team, index  # index: of the group, as the other ranks know it
         self.works: dict[str, _SplitWork] = {}
 
     def work(self, split: str) -> _SplitWork:
@@ -202,7 +220,8 @@ class _LayerJob:
         if split not in self.works:
             data = self.group.splits[split]
             k = self.settings.k if self.settings.k is not None else data.num_classes()
-            self.works[split] = _SplitWork(data, self.layer, self.settings, k)
+            self.works[split] = _SplitWork(data, self.layer, self.settings, k, self.team,
+                                           (self.index, split, self.layer))
         return self.works[split]
 
     def _cached(self, data_id: str, split: str, unit: Unit, h: str) -> list[MetricRow] | None:
@@ -237,7 +256,10 @@ class _LayerJob:
             if work.k is not None and any(u.needs_k for u, _ in todo):
                 check_k(work.k, work.X.shape[0])
             if self.progress:
-                self.progress(f"{self.group.label}layer {self.layer}, {split}: {', '.join(u.name for u, _ in todo)}")
+                shared = (f" (silhouettes over {self.team.world} ranks)"
+                          if self.team is not None and any(u.name.startswith("silhouette") for u, _ in todo) else "")
+                self.progress(f"{self.group.label}layer {self.layer}, {split}: "
+                              f"{', '.join(u.name for u, _ in todo)}{shared}")
             new = _compute_split_units(work, todo)
             self.cache.add(new)
             rows += new
@@ -278,7 +300,8 @@ class _LayerJob:
 
 
 def _evaluate_group(group: Group, settings: MetricSettings, layers, cache: MetricsCache, recompute: bool,
-                    progress: Progress | None, cache_errors: list[str]) -> list[MetricRow]:
+                    progress: Progress | None, cache_errors: list[str], team: "_Team | None" = None,
+                    index: int = 0) -> list[MetricRow]:
     """Rows of every requested metric for every layer of one group, saving the cache per layer."""
     units = [UNITS[name] for name in settings.metrics]
     split_units = [u for u in units if not u.pair]
@@ -293,7 +316,7 @@ def _evaluate_group(group: Group, settings: MetricSettings, layers, cache: Metri
     cluster_splits = [s for s in group.splits if settings.cluster_splits is None or s in settings.cluster_splits]
     rows: list[MetricRow] = []
     for layer in layers:
-        job = _LayerJob(group, layer, settings, cache, recompute, progress)
+        job = _LayerJob(group, layer, settings, cache, recompute, progress, team, index)
         if split_units:
             for split in cluster_splits:
                 rows += job.split_rows(split, split_units)
@@ -330,19 +353,38 @@ def evaluate_groups(
     cache_path: str | os.PathLike | None = None,
     recompute: bool = False,
     progress: Progress | None = None,
+    team: "_Team | None" = None,
 ) -> pd.DataFrame:
     """Run the suite over prepared groups; the engine under ``evaluate`` and ``evaluate_arrays``.
 
     ``settings`` validated, ``layers`` None for every layer, ``cache_path`` a CSV file or None,
     ``progress`` None or a callable receiving one message per step. Returns the tidy table.
+
+    ``team`` (:func:`suite_team`; None = this process alone): every rank calls this with the same
+    groups; rank 0 computes the suite, the others share its silhouettes, and every rank returns
+    rank 0's table.
     """
+    if team is not None and team.rank != 0:
+        return team.follow(groups)
+    try:
+        frame = _evaluate_groups(groups, settings, layers, cache_path, recompute, progress, team)
+    except BaseException as error:
+        if team is not None:
+            team.abandon(error)
+        raise
+    if team is not None:
+        team.send(("done", frame))
+    return frame
+
+
+def _evaluate_groups(groups, settings, layers, cache_path, recompute, progress, team) -> pd.DataFrame:
     cache = MetricsCache(cache_path)
     cache_errors: list[str] = []
     rows: list[MetricRow] = []
     layer_order: list[str] = []
     split_order: list[str] = []
-    for group in groups:
-        rows += _evaluate_group(group, settings, layers, cache, recompute, progress, cache_errors)
+    for index, group in enumerate(groups):
+        rows += _evaluate_group(group, settings, layers, cache, recompute, progress, cache_errors, team, index)
         roles = [group.train_split, group.eval_split, *group.splits]
         split_order = list(dict.fromkeys(split_order + [s for s in roles if s]))
         for split in group.splits.values():
@@ -352,3 +394,167 @@ def evaluate_groups(
     # why new rows could not be saved (None: everything computed is in the cache file)
     frame.attrs["cache_error"] = cache_errors[0] if cache_errors else None
     return frame
+
+
+# -- several processes --------------------------------------------------------------------------
+def suite_team(distributed: bool | None) -> "_Team | None":
+    """The ranks that compute one suite together, or None for this process alone.
+
+    ``distributed``: None (auto) = the torch.distributed process group when one is initialised
+    with more than one rank; True = that group, an error without one; False = this process
+    alone, whatever group exists (each process then computes everything itself).
+    """
+    if distributed is not None and not isinstance(distributed, (bool, np.bool_)):
+        raise MetricsError(f"distributed must be None (auto), True or False; got {distributed!r}.")
+    import torch.distributed as dist
+
+    grouped = dist.is_available() and dist.is_initialized()
+    if distributed is not None and bool(distributed) and not grouped:
+        raise MetricsError(
+            "distributed=True needs a torch.distributed process group: start the processes with torchrun "
+            "and call clusterprobe.distributed.init_distributed() (or torch.distributed.init_process_group) "
+            "first, or leave distributed=None to use a group only when there is one."
+        )
+    if (distributed is not None and not distributed) or not grouped or dist.get_world_size() == 1:
+        return None
+    return _Team()
+
+
+@contextlib.contextmanager
+def agreed(team: "_Team | None", step: str):
+    """Run the block on every rank, then let all ranks learn whether it failed anywhere: the rank
+    that failed raises its own error, the others a :class:`MetricsError` naming it (instead of
+    waiting for it in the next collective). Nothing more than the block in one process."""
+    if team is None:
+        yield
+        return
+    try:
+        yield
+    except Exception as error:
+        team.check(error, step)
+        raise
+    team.check(None, step)
+
+
+@dataclass
+class _SilhouetteJob:
+    """What rank 0 tells the others to compute: the silhouettes of ``label_sets`` on the features
+    of (group index, split, layer) ``where``, which every rank reads itself."""
+
+    where: tuple
+    label_sets: list
+    distance: str
+    sample_size: int | None
+    device: str
+    normalize: bool
+    probe: tuple
+
+
+def _probe(X) -> tuple:
+    """A cheap identity of features: shape, dtype and the float64 sum of up to 1,024 rows spread
+    over them; ranks whose data differs would otherwise give a silently wrong silhouette."""
+    n = X.shape[0]
+    rows = np.asarray(X[:: max(1, n // 1024)], dtype=np.float64)
+    return (tuple(X.shape), str(X.dtype), float(rows.sum()))
+
+
+class _Team:
+    """The ranks of a torch.distributed group computing one suite together.
+
+    Rank 0 leads: it plans, reads and writes the cache, runs k-means and every other unit, and
+    reports progress, exactly as one process would. The exact silhouettes, the O(n^2 d) part,
+    are computed by all ranks: rank 0 broadcasts each job (with its labels, k-means's included, so
+    no rank ever clusters on its own), each rank reads the features itself and takes a share of
+    the rows (``distributed=True`` of :mod:`.silhouette`). At the end rank 0 broadcasts the table,
+    which every rank returns; if rank 0 fails, the others raise a :class:`MetricsError` saying so.
+    """
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.dist = dist
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        nccl = dist.get_backend() == "nccl"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        self.busy = False  # rank 0 is inside a collective the others may be waiting in
+        self.stopped = False  # every rank knows the suite has stopped
+
+    # messages from rank 0
+    def send(self, message: tuple) -> None:
+        self.busy = True
+        self.dist.broadcast_object_list([message], src=0)
+        self.busy = False
+
+    def receive(self) -> tuple:
+        box = [None]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def abandon(self, error: BaseException) -> None:
+        """Rank 0 failed outside any collective: tell the other ranks, waiting for its next
+        message, to stop too (when it failed inside one, they fail there or time out)."""
+        if self.busy or self.stopped:
+            return
+        self.stopped = True
+        try:
+            self.send(("failed", f"{type(error).__name__}: {error}"))
+        except Exception:  # noqa: BLE001 - rank 0's own error matters more
+            pass
+
+    def check(self, failure: BaseException | None, step: str) -> None:
+        """Every rank says whether it failed ``step``; raises on all of them if one did."""
+        flags = torch.zeros(self.world, dtype=torch.int32, device=self.device)
+        flags[self.rank] = int(failure is not None)
+        self.busy = True
+        self.dist.all_reduce(flags)
+        self.busy = False
+        failed = [str(r) for r in range(self.world) if int(flags[r])]
+        if failed:
+            self.stopped = True
+        if failure is not None:
+            raise failure
+        if failed:
+            raise MetricsError(
+                f"Rank {', '.join(failed)} could not {step}; rank {self.rank} stops with "
+                f"{'it' if len(failed) == 1 else 'them'} (the error on rank {failed[0]} says why)."
+            )
+
+    # the silhouettes
+    def lead_silhouettes(self, X, job: _SilhouetteJob) -> list:
+        self.send(("silhouette", job))
+        self.check(None, self._reading(job))
+        return self._silhouettes(X, job)
+
+    def _silhouettes(self, X, job: _SilhouetteJob) -> list:
+        self.busy = True  # left set if it fails: the others may be inside its collectives
+        stats = silhouette._stats_multi(X, job.label_sets, job.distance, job.sample_size, 0, job.device,
+                                        job.normalize, distributed=True)
+        self.busy = False
+        return stats
+
+    @staticmethod
+    def _reading(job: _SilhouetteJob) -> str:
+        _, split, layer = job.where
+        return f"read the features of layer {layer!r}, split {split!r} for the silhouettes"
+
+    def follow(self, groups: Sequence[Group]) -> pd.DataFrame:
+        """The other ranks: join rank 0's silhouettes until it sends the table (or its failure)."""
+        while True:
+            kind, payload = self.receive()
+            if kind == "done":
+                return payload
+            if kind == "failed":
+                raise MetricsError(f"Rank 0 stopped the metrics suite ({payload}); rank {self.rank} stops with it.")
+            X, failure = None, None
+            try:
+                index, split, layer = payload.where
+                X = groups[index].splits[split].features(layer)
+                if _probe(X) != payload.probe:
+                    raise MetricsError(
+                        f"Rank {self.rank} has other features than rank 0 for layer {layer!r}, split {split!r} "
+                        f"(shape, dtype or values differ): every rank must evaluate the same data."
+                    )
+            except Exception as error:  # noqa: BLE001 - told to every rank, then re-raised here
+                failure = error
+            self.check(failure, self._reading(payload))
+            self._silhouettes(X, payload)
