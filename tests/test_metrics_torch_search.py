@@ -138,3 +138,18 @@ def test_backend_choice(monkeypatch):
         kmeans(blobs()[0], 3, backend="annoy")
     if not torch.cuda.is_available():
         assert math.isfinite(0.0)  # nothing more to check without a GPU
+
+
+def test_the_suite_names_the_backend_that_clustered(monkeypatch):
+    from clusterprobe.metrics import evaluate_arrays
+
+    X, y = blobs()
+    rows = {}
+    for backend in ("faiss", "torch"):
+        monkeypatch.setenv("CLUSTERPROBE_SEARCH_BACKEND", backend)
+        frame = evaluate_arrays({"H": X}, y, metrics=["nmi", "knn"], device="cpu")
+        rows[backend] = frame.set_index("metric")
+        assert rows[backend].loc["nmi", "protocol"].startswith(f"{backend} k-means (k-means++")
+    assert rows["torch"].loc["knn_top1", "value"] == rows["faiss"].loc["knn_top1", "value"]
+    direct = kmeans(X, 6, seeds=3, device="cpu", backend="torch")  # the suite's defaults
+    assert rows["torch"].loc["nmi", "value"] == pytest.approx(np.mean([nmi(y, labels) for labels in direct.labels]))

@@ -99,11 +99,13 @@ class _SplitWork:
         return self._km
 
 
-def _kmeans_columns(s: MetricSettings, k: int) -> dict:
+def _kmeans_columns(s: MetricSettings, k: int, backend: str = "faiss") -> dict:
+    """The k-means columns of a row; ``backend`` is what ran it (faiss, or torch on a GPU that
+    FAISS cannot use: the same algorithm, see :mod:`._torch_search`)."""
     return {
         "k": k, "normalize": s.normalize, "distance": "cosine" if s.normalize else "euclidean",
         "seeds": ",".join(map(str, s.seeds)),
-        "protocol": f"faiss k-means ({s.kmeans_init}, tol {s.kmeans_tol:g}, <= {s.kmeans_niter} iterations"
+        "protocol": f"{backend} k-means ({s.kmeans_init}, tol {s.kmeans_tol:g}, <= {s.kmeans_niter} iterations"
                     f"{', spherical' if s.normalize else ''})",
     }
 
@@ -124,7 +126,7 @@ def _compute_split_units(work: _SplitWork, units: list[tuple[Unit, _Context]]) -
         scores = score(names) if names else {}
         for name in names:
             mean, std = scores[name]
-            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k)))
+            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k, work.kmeans.backend)))
     if "silhouette_true" in by_name or "silhouette_kmeans" in by_name:
         rows.extend(_silhouette_rows(work, by_name))
     return rows
