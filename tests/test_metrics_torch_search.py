@@ -153,3 +153,34 @@ def test_the_suite_names_the_backend_that_clustered(monkeypatch):
     assert rows["torch"].loc["knn_top1", "value"] == rows["faiss"].loc["knn_top1", "value"]
     direct = kmeans(X, 6, seeds=3, device="cpu", backend="torch")  # the suite's defaults
     assert rows["torch"].loc["nmi", "value"] == pytest.approx(np.mean([nmi(y, labels) for labels in direct.labels]))
+
+
+def test_rows_shared_among_devices_give_the_one_device_results(monkeypatch):
+    """Several GPUs in one process: each holds a share of the rows and partial sums are added on the
+    first. Three CPU 'devices' stand in for them here."""
+    X, y = blobs(n=700, spread=2.5)
+    three = [CPU, CPU, CPU]
+    shards = _torch_search.Shards(X, three, normalize=True)
+    assert [offset for offset, _ in shards.parts] == [0, 233, 467]
+    index = torch.tensor([699, 0, 250, 466, 467])
+    np.testing.assert_array_equal(shards.take(index).numpy(), l2_normalize(X)[index.numpy()])
+    one = DeviceRows(X, None, CPU, normalize=True)
+    a = _torch_search.kmeans_once(shards, 6, 3, 8, 0.0, True)
+    b = _torch_search.kmeans_once(one, 6, 3, 8, 0.0, True)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+    assert a[2] == pytest.approx(b[2], rel=1e-9)
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "16K")  # several pieces per share too
+    database = _torch_search.Shards(X[:600], three, normalize=False)
+    queries = DeviceRows(X[600:], None, CPU)
+    scores, found = _torch_search.search(database, queries, 5, inner_product=False)
+    ref_scores, ref_found = faiss_search(X[:600], X[600:], 5, False, device="cpu")
+    np.testing.assert_array_equal(found, ref_found)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-3)
+    # one process on a machine with several GPUs uses them all; cuda:N or a torchrun rank one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert _torch_search.devices_for(torch.device("cuda", 0)) == [torch.device("cuda", i) for i in range(4)]
+    assert _torch_search.devices_for(torch.device("cuda", 2)) == [torch.device("cuda", 2)]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _torch_search.devices_for(torch.device("cuda", 0)) == [torch.device("cuda", 0)]
+    assert _torch_search.devices_for(CPU) == [CPU]

@@ -25,9 +25,67 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._stream import DeviceRows, memory_budget
+from ._stream import DeviceRows, RowSubset, memory_budget
 
 EPS = 1.0 / 1024.0  # FAISS's relative perturbation when splitting a cluster for an empty one
+
+
+def devices_for(device: torch.device) -> list[torch.device]:
+    """Where the rows go: every visible GPU for a bare ``cuda`` in one process (several GPUs share
+    the work, as FAISS's GPU build does), else ``device`` alone (``cuda:N``, the CPU, or this
+    rank's own GPU under torchrun)."""
+    import os
+
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) <= 1 and torch.cuda.device_count() > 1 \
+            and device.index in (None, 0):
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [device]
+
+
+class Shards:
+    """Consecutive row ranges of ``X`` (n, d) on several devices, one :class:`DeviceRows` each
+    (resident there when they fit, else read a chunk at a time), with the interface of one:
+    ``pieces()`` yields (start, stop, rows) in row order, each on its own device; ``take`` gathers
+    rows on the first device, where results are reduced."""
+
+    def __init__(self, X, devices: list[torch.device], *, bytes_per_row: float = 0.0, normalize: bool = False):
+        self.n, self.d = int(X.shape[0]), int(X.shape[1])
+        self.device = devices[0]
+        bounds = np.linspace(0, self.n, len(devices) + 1).round().astype(int)
+        self.parts = []
+        for a, b, where in zip(bounds[:-1], bounds[1:], devices):
+            if b > a:
+                part = X if (a, b) == (0, self.n) else (
+                    X[a:b] if isinstance(X, np.ndarray) else RowSubset(X, np.arange(a, b)))
+                self.parts.append((int(a), DeviceRows(part, None, where, bytes_per_row, normalize)))
+
+    def pieces(self):
+        for offset, rows in self.parts:
+            for start, stop, piece in rows.pieces():
+                yield offset + start, offset + stop, piece
+
+    def take(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows ``index`` (global, any order) on the first device."""
+        index = index.cpu()
+        out = torch.empty((index.numel(), self.d), dtype=torch.float32, device=self.device)
+        for offset, rows in self.parts:
+            mask = (index >= offset) & (index < offset + rows.n)
+            if bool(mask.any()):
+                where = torch.nonzero(mask).flatten().to(self.device)
+                out[where] = rows.take((index[mask] - offset).to(rows.device)).to(self.device)
+        return out
+
+
+class _OnDevices:
+    """A small tensor (centroids) copied once to each device that asks for it."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.copies = {tensor.device: tensor}
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        if device not in self.copies:
+            self.copies[device] = next(iter(self.copies.values())).to(device)
+        return self.copies[device]
 
 
 def _best(piece: torch.Tensor, centroids: torch.Tensor, spherical: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +99,7 @@ def _best(piece: torch.Tensor, centroids: torch.Tensor, spherical: bool) -> tupl
     return (value + (piece * piece).sum(dim=1)).clamp_(min=0.0), index
 
 
-def kmeans_plus_plus(rows: DeviceRows, k: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans_plus_plus(rows: Shards | DeviceRows, k: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: the first centroid uniformly, each next one with probability
     proportional to the squared distance to the nearest centroid so far. Returns (k, d) float32.
 
@@ -53,13 +111,13 @@ def kmeans_plus_plus(rows: DeviceRows, k: int, generator: torch.Generator) -> to
     centroids = torch.empty((k, d), dtype=torch.float32, device=device)
     first = int(torch.randint(n, (1,), generator=generator))
     centroids[0] = rows.take(torch.tensor([first], device=device))[0]
-    nearest = torch.full((n,), math.inf, dtype=torch.float32, device=device)
+    nearest: dict[int, torch.Tensor] = {}  # per piece, on the piece's device
     for j in range(1, k):
-        latest = centroids[j - 1 : j]
+        latest = _OnDevices(centroids[j - 1 : j])
         for start, stop, piece in rows.pieces():
-            dist = ((piece - latest) ** 2).sum(dim=1)
-            torch.minimum(nearest[start:stop], dist, out=nearest[start:stop])
-        weights = nearest.double().cpu()
+            dist = ((piece - latest.on(piece.device)) ** 2).sum(dim=1)
+            nearest[start] = dist if start not in nearest else torch.minimum(nearest[start], dist)
+        weights = torch.cat([nearest[start].double().cpu() for start in sorted(nearest)])
         total = float(weights.sum())
         if total <= 0:  # every point coincides with a centroid: any point will do
             pick = int(torch.randint(n, (1,), generator=generator))
@@ -70,7 +128,7 @@ def kmeans_plus_plus(rows: DeviceRows, k: int, generator: torch.Generator) -> to
     return centroids
 
 
-def lloyd(rows: DeviceRows, centroids: torch.Tensor, niter: int, tol: float, spherical: bool,
+def lloyd(rows: Shards | DeviceRows, centroids: torch.Tensor, niter: int, tol: float, spherical: bool,
           generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
     """Up to ``niter`` Lloyd iterations from ``centroids`` (k, d), stopping once an iteration
     changes the objective by less than ``tol`` relative to its value. Returns the centroids and the
@@ -78,14 +136,19 @@ def lloyd(rows: DeviceRows, centroids: torch.Tensor, niter: int, tol: float, sph
     k, d = centroids.shape
     history: list[float] = []
     for _ in range(niter):
-        sums = torch.zeros((k, d), dtype=torch.float32, device=rows.device)
-        counts = torch.zeros(k, dtype=torch.float64, device=rows.device)
-        objective = torch.zeros((), dtype=torch.float64, device=rows.device)
+        on = _OnDevices(centroids)
+        totals: dict[torch.device, list[torch.Tensor]] = {}  # sums, counts, objective per device
         for _, _, piece in rows.pieces():
-            value, index = _best(piece, centroids, spherical)
+            if piece.device not in totals:
+                totals[piece.device] = [torch.zeros((k, d), dtype=torch.float32, device=piece.device),
+                                        torch.zeros(k, dtype=torch.float64, device=piece.device),
+                                        torch.zeros((), dtype=torch.float64, device=piece.device)]
+            sums, counts, objective = totals[piece.device]
+            value, index = _best(piece, on.on(piece.device), spherical)
             objective += value.sum(dtype=torch.float64)
             sums.index_add_(0, index, piece)
             counts += torch.bincount(index, minlength=k).to(torch.float64)
+        sums, counts, objective = (sum(t[i].to(centroids.device) for t in totals.values()) for i in range(3))
         centroids = _update(sums, counts, centroids, spherical, generator)
         history.append(float(objective))
         if len(history) >= 2 and abs(history[-1] - history[-2]) <= tol * abs(history[-1]):
@@ -121,15 +184,16 @@ def _update(sums: torch.Tensor, counts: torch.Tensor, previous: torch.Tensor, sp
     return centroids
 
 
-def assign(rows: DeviceRows, centroids: torch.Tensor, spherical: bool) -> np.ndarray:
+def assign(rows: Shards | DeviceRows, centroids: torch.Tensor, spherical: bool) -> np.ndarray:
     """Each row's nearest centroid (int64, (n,))."""
     labels = np.empty(rows.n, dtype=np.int64)
+    on = _OnDevices(centroids)
     for start, stop, piece in rows.pieces():
-        labels[start:stop] = _best(piece, centroids, spherical)[1].cpu().numpy()
+        labels[start:stop] = _best(piece, on.on(piece.device), spherical)[1].cpu().numpy()
     return labels
 
 
-def kmeans_once(rows: DeviceRows, k: int, seed: int, niter: int, tol: float, spherical: bool,
+def kmeans_once(rows: Shards | DeviceRows, k: int, seed: int, niter: int, tol: float, spherical: bool,
                 init: str = "k-means++", init_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """One k-means run on the rows (L2-normalised already when ``spherical``): (labels (n,),
     centroids (k, d) float32, final objective). ``init`` is 'k-means++' or 'random' (k distinct
@@ -146,7 +210,7 @@ def kmeans_once(rows: DeviceRows, k: int, seed: int, niter: int, tol: float, sph
     return assign(rows, centroids, spherical), centroids.cpu().numpy(), (history[-1] if history else math.nan)
 
 
-def search(database: DeviceRows, queries: DeviceRows, k: int, inner_product: bool) -> tuple[np.ndarray, np.ndarray]:
+def search(database: Shards | DeviceRows, queries: DeviceRows, k: int, inner_product: bool) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of ``database`` for each row of ``queries`` (both already in the
     form to compare: L2-normalised for cosine). Returns ``(scores, indices)`` (m, k) as
     :func:`~._device.faiss_search` does: inner products largest first, or squared Euclidean
@@ -159,14 +223,16 @@ def search(database: DeviceRows, queries: DeviceRows, k: int, inner_product: boo
         best_scores = best_index = None
         # the (query rows, database rows) products within the working-memory budget
         width = max(k, memory_budget() // (8 * (q1 - q0)))
+        on = _OnDevices(query)
         for p0, p1, piece in database.pieces():
+            here = on.on(piece.device)
             for b0 in range(0, p1 - p0, width):
                 block = piece[b0 : b0 + width]
-                value = query @ block.T  # larger is nearer
+                value = here @ block.T  # larger is nearer
                 if not inner_product:
                     value.mul_(2.0).sub_((block * block).sum(dim=1)[None, :])  # 2 q.c - |c|^2
                 top, where = value.topk(min(k, block.shape[0]), dim=1)
-                where += p0 + b0
+                top, where = top.to(query.device), where.to(query.device) + (p0 + b0)
                 if best_scores is not None:
                     top, where = torch.cat([best_scores, top], dim=1), torch.cat([best_index, where], dim=1)
                     top, order = top.topk(min(k, top.shape[1]), dim=1)

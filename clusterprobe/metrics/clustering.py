@@ -33,7 +33,7 @@ from ..devices import resolve_device
 from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, search_backend, threads_for
 from ..linalg import l2_normalize
 from . import _torch_search
-from ._stream import DeviceRows, chunk_rows, chunks, fits, read
+from ._stream import chunk_rows, chunks, fits, read
 from ._validation import (
     MetricsError,
     as_features,
@@ -272,15 +272,17 @@ def _kmeans_on(data: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool
 
 def _kmeans_torch(X, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float, init: str,
                   device) -> KMeansResult:
-    """:func:`_kmeans` with the torch backend: the (normalised) rows held on ``device`` once for
-    all seeds when they fit (half the free GPU memory; the working-memory budget on the CPU), else
-    read a chunk at a time at every pass."""
+    """:func:`_kmeans` with the torch backend: the (normalised) rows held on ``device`` (a bare
+    ``cuda`` in one process: shared among all GPUs) once for all seeds when they fit (half the
+    free GPU memory; the working-memory budget on the CPU), else read a chunk at a time at every
+    pass."""
     n, d = X.shape
-    rows = DeviceRows(X, None, device, bytes_per_row=12.0 * k, normalize=normalize)  # + the (rows, k) products
+    # every GPU of the machine holds a share of the rows (+ the (rows, k) products per chunk)
+    rows = _torch_search.Shards(X, _torch_search.devices_for(device), bytes_per_row=12.0 * k, normalize=normalize)
     labels = np.empty((len(seeds), n), dtype=np.int64)
     centroids = np.empty((len(seeds), k, d), dtype=np.float32)
     objective = np.empty(len(seeds), dtype=np.float64)
-    with threads_for(2 * min(n, rows.chunk) * k * d if device.type == "cpu" else math.inf):
+    with threads_for(2 * min(n, rows.parts[0][1].chunk) * k * d if device.type == "cpu" else math.inf):
         for i, seed in enumerate(seeds):
             labels[i], centroids[i], objective[i] = _torch_search.kmeans_once(rows, k, seed, niter, tol, normalize, init)
     return KMeansResult(

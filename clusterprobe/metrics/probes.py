@@ -511,7 +511,8 @@ def _neighbours(database, queries, k: int, cosine: bool, device: str) -> tuple[n
     m = queries.shape[0]
     if search_backend(device) == "torch":  # a GPU that FAISS cannot use: torch matrix products there
         dev = resolve_device(device)
-        return _torch_search.search(DeviceRows(database, None, dev, bytes_per_row=8 * k, normalize=cosine),
+        return _torch_search.search(_torch_search.Shards(database, _torch_search.devices_for(dev),
+                                                         bytes_per_row=8 * k, normalize=cosine),
                                     DeviceRows(queries, None, dev, bytes_per_row=16 * k, normalize=cosine),
                                     k, inner_product=cosine)
     db_rows = chunk_rows(8 * d, memory=memory_budget() // 2, minimum=64, multiple=1024)
