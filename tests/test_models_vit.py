@@ -233,7 +233,7 @@ def test_heads_assumed_from_the_standard_pairing_are_reported():
     assert "assumed 2 attention heads (embed_dim 128 / 64, the standard pairing)" in assumptions[0]
     assert "vit_heads= (--vit-heads)" in assumptions[0]
     # 48 is not a multiple of 64: no standard pairing to fall back on
-    with pytest.raises(CheckpointError, match="vit_heads= \(--vit-heads\)"):
+    with pytest.raises(CheckpointError, match=r"vit_heads= \(--vit-heads\)"):
         infer_vit_options(dino_state_dict())
 
 
