@@ -69,6 +69,11 @@ class KMeansResult:
     settings: dict = field(default_factory=dict)
     backend: str = "faiss"  # 'faiss' or 'torch' (see clusterprobe.metrics._torch_search)
 
+    def __post_init__(self) -> None:
+        if not self.settings:  # what produced the clusterings, as recorded with the results
+            self.settings = {"k": self.k, "normalize": self.normalize, "seeds": list(self.seeds),
+                             "niter": self.niter, "tol": self.tol, "init": self.init}
+
     def __len__(self) -> int:
         return len(self.seeds)
 
@@ -265,8 +270,6 @@ def _kmeans_on(data: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool
         tol=tol,
         init=init,
         gpu=gpu,
-        settings={"k": k, "normalize": normalize, "seeds": list(seeds), "niter": niter,
-                  "tol": tol, "init": init},
     )
 
 
@@ -288,7 +291,6 @@ def _kmeans_torch(X, k: int, seeds: tuple[int, ...], normalize: bool, niter: int
     return KMeansResult(
         labels=labels, centroids=centroids, objective=objective, seeds=seeds, k=k, normalize=normalize,
         niter=niter, tol=tol, init=init, gpu=device.type == "cuda", backend="torch",
-        settings={"k": k, "normalize": normalize, "seeds": list(seeds), "niter": niter, "tol": tol, "init": init},
     )
 
 
