@@ -76,9 +76,11 @@ def test_an_empty_cluster_takes_half_of_a_large_one():
                                np.where(np.arange(X.shape[1]) % 2, -1, 1) / 1024, rtol=1e-3)
 
 
-def test_kmeans_plus_plus_samples_proportionally_to_squared_distance():
-    """Second centroid on four points of a line: P(j) = mean over first picks i of d(i, j)^2 / sum_l d(i, l)^2."""
-    points = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32)
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_kmeans_plus_plus_samples_proportionally_to_squared_distance(offset):
+    """Second centroid on four points of a line: P(j) = mean over first picks i of d(i, j)^2 / sum_l d(i, l)^2.
+    Also far from the origin, where |x|^2 - 2 x.c + |c|^2 in float32 would get the distances wrong."""
+    points = np.array([[0.0], [1.0], [3.0], [10.0]], dtype=np.float32) + np.float32(offset)
     d2 = (points - points.T) ** 2
     expected = (d2 / d2.sum(1, keepdims=True)).mean(0)
     rows = DeviceRows(points, None, CPU)
@@ -90,6 +92,19 @@ def test_kmeans_plus_plus_samples_proportionally_to_squared_distance():
     observed = counts / draws
     sigma = np.sqrt(expected * (1 - expected) / draws)
     assert np.all(np.abs(observed - expected) < 4 * sigma + 1e-9), (observed, expected)
+
+
+def test_kmeans_plus_plus_never_picks_a_point_twice():
+    """Chosen points (and their duplicates) have distance 0: with k distinct points every draw
+    takes each once, also for duplicated rows far from the origin, read a chunk at a time."""
+    rng = np.random.default_rng(0)
+    distinct = (rng.standard_normal((5, 16)) + 100.0).astype(np.float32)
+    X = np.repeat(distinct, 40, axis=0)[rng.permutation(200)]
+    rows = _torch_search.Shards(X, [CPU, CPU], normalize=False)
+    for seed in range(40):
+        centroids = _torch_search.kmeans_plus_plus(rows, 5, torch.Generator().manual_seed(seed)).numpy()
+        matches = (centroids[:, None, :] == distinct[None]).all(axis=2)
+        assert matches.sum(axis=1).tolist() == [1] * 5 and matches.any(axis=0).all(), seed
 
 
 @pytest.mark.parametrize("normalize", [True, False])
