@@ -37,7 +37,7 @@ run_section() {  # name, then the command
 }
 
 metrics() {  # k-means, kNN and the silhouettes on the GPU (torch or FAISS GPU) against the CPU
-  $python - <<'PY'
+  $python - <<'PY' || return 1
 import os, time
 import numpy as np
 import torch  # noqa: F401  (before faiss)
@@ -62,6 +62,8 @@ for device in (gpu, "cpu"):
 assert results[gpu][0] == results["cpu"][0], "kNN differs between the GPU and the CPU"
 assert abs(results[gpu][1] - results["cpu"][1]) < 1e-4, "silhouette differs between the GPU and the CPU"
 PY
+  # k = 1000: where the torch backend's time goes (k-means++ seeding vs Lloyd) against FAISS on the CPU
+  $python benchmarks/kmeans_backends.py --device $DEV
 }
 
 extract() {  # extraction on cuda equals the CPU bank, float32 and float16
