@@ -262,3 +262,61 @@ def test_solo_learn_vit_names_its_architecture_in_args_json(tmp_path):
             block = capture.run(x)["backbone.blocks.5"]
         tokens = backbone.blocks[:6](backbone._pos_embed(backbone.patch_embed(x)))
         torch.testing.assert_close(block, tokens[:, 0], rtol=0, atol=0)
+
+
+def test_solo_learn_vibcreg_projector_uses_gelu(solo_checkpoint):
+    # solo-learn's solo/methods/vibcreg.py: Linear, BN, GELU, Linear, BN, GELU, Linear, then
+    # IterNorm or nn.Identity: the same keys as its VICReg projector, with GELU instead of ReLU.
+    import copy
+
+    path, online, _ = solo_checkpoint
+    args = json.loads((path.parent / "args.json").read_text())
+    args["method"] = "vibcreg"
+    (path.parent / "args.json").write_text(json.dumps(args))
+    reference = copy.deepcopy(online)
+    reference.projector = torch.nn.Sequential(
+        *[torch.nn.GELU() if isinstance(m, torch.nn.ReLU) else m for m in reference.projector],
+        torch.nn.Identity())
+    loaded = load_checkpoint(path)
+    assert loaded.assumptions == [] and any("GELU" in fact for fact in loaded.facts)
+    same_outputs(loaded.model, reference, X3)
+
+
+def test_solo_learn_vibcreg_iternorm_is_refused_by_name(solo_checkpoint):
+    path, _, _ = solo_checkpoint
+    args = json.loads((path.parent / "args.json").read_text())
+    args["method"] = "vibcreg"
+    (path.parent / "args.json").write_text(json.dumps(args))
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"].update({"projector.7.weight": torch.ones(1, 32), "projector.7.bias": torch.zeros(1, 32),
+                              "projector.7.running_mean": torch.zeros(32, 1, 1),
+                              "projector.7.running_wm": torch.eye(1).expand(32, 1, 1).clone()})
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="IterNorm"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("method", ["mocov3", "mae"])
+def test_solo_learn_mocov3_and_mae_vits_have_their_own_heads(tmp_path, method):
+    # solo-learn's solo/backbones/vit/__init__.py builds vit_tiny/vit_small for method mocov3 from
+    # vit_mocov3.py and for mae from vit_mae.py: both with num_heads=12 (timm's have 3 and 6).
+    import timm
+
+    torch.manual_seed(0)
+    backbone = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=192, depth=12, num_heads=12, num_classes=0)
+    with torch.no_grad():
+        for parameter in backbone.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.02)
+    backbone.eval()
+    folder = tmp_path / "solo"
+    folder.mkdir()
+    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    torch.save({"epoch": 3, "pytorch-lightning_version": "2.1.0", "state_dict": state}, folder / "m-ep=3.ckpt")
+    (folder / "args.json").write_text(json.dumps({"method": method, "backbone": {"name": "vit_tiny"},
+                                                  "data": {"dataset": "cifar10"}}))
+    loaded = load_checkpoint(folder / "m-ep=3.ckpt")
+    assert loaded.model.config.vit["num_heads"] == 12 and loaded.assumptions == []
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode(x), backbone(x), rtol=0, atol=0)

@@ -156,10 +156,21 @@ def solo_learn(raw: Mapping, path: Path, args_json: Path | None) -> Layout:
                  for k, v in state.items()}
     method = args.get("method")
     dino_head = any(k.startswith("head.mlp.") for k in state)
-    hints = Hints(stem_padding=2, stem_note="solo-learn's CIFAR stem", activation="gelu" if dino_head else "relu")
+    # solo-learn's heads use ReLU except DINO's head and VIbCReg's projector (solo/methods/vibcreg.py)
+    gelu = dino_head or str(method).lower() == "vibcreg"
+    if any(k.startswith("projector.") and k.endswith(".running_wm") for k in state):
+        raise CheckpointError(
+            f"{path}: the projector ends in VIbCReg's IterNorm (projector.*.running_wm, "
+            "method_kwargs.iternorm), which clusterprobe does not rebuild; H loads from a copy of the "
+            "file without the projector.* keys."
+        )
+    hints = Hints(stem_padding=2, stem_note="solo-learn's CIFAR stem", activation="gelu" if gelu else "relu")
     name = args.get("backbone")
     if name and str(name).startswith("vit"):
         hints.vit_arch = str(name)
+        if str(method).lower() in ("mocov3", "mae") and name in ("vit_tiny", "vit_small"):
+            # solo-learn builds these from its vit_mocov3.py / vit_mae.py: 12 heads, not timm's 3 / 6
+            hints.vit_heads = 12
     elif name:
         if name not in RESNET_LAYOUTS:
             raise CheckpointError(
