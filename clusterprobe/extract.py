@@ -10,6 +10,7 @@ every ``world_size``-th chunk of the same bank, and the result equals the single
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import sys
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter, bank_dtype, float16_overflow, float16_refusal, lock_bank
 from .checkpoints import LoadedCheckpoint, load_checkpoint
-from .data import DATASETS, LabeledImageDataset, load_dataset, loader_batches
+from .data import DATASETS, LabeledImageDataset, describe_transform, load_dataset, loader_batches
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint
@@ -94,7 +95,10 @@ def _as_model(source) -> tuple[SSLModel, dict[str, Any]]:
     if isinstance(source, (str, os.PathLike)):
         source = load_checkpoint(source)
     if isinstance(source, LoadedCheckpoint):
-        return source.model, source.provenance()
+        provenance = source.provenance()
+        if not provenance.get("sha256"):  # loaded with hash_file=False: identify the weights themselves
+            provenance["weights_sha256"] = state_hash(source.model)
+        return source.model, provenance
     if isinstance(source, SSLModel):
         return source, {"path": None, "format": "in-memory model", "weights_sha256": state_hash(source),
                         "model_config": source.config.to_dict()}
@@ -113,9 +117,18 @@ def state_hash(model: nn.Module) -> str:
 
 
 def _dataset_description(dataset: Dataset) -> dict[str, Any]:
+    """What identifies the rows of ``dataset`` (part of a bank's fingerprint): its recorded
+    description, with the size and transform it has now (``with_transform`` or a replaced
+    ``transform`` keeps the description it was loaded with); a ``Subset`` names its indices."""
+    if isinstance(dataset, Subset):
+        indices = np.asarray(dataset.indices, dtype=np.int64)
+        return {"name": "Subset", "n": len(dataset), "of": _dataset_description(dataset.dataset),
+                "indices_sha256": hashlib.sha256(indices.tobytes()).hexdigest()}
     description = dict(getattr(dataset, "description", {}) or {})
     description.setdefault("name", type(dataset).__name__)
-    description.setdefault("n", len(dataset))
+    description["n"] = len(dataset)
+    if "transform" in description and hasattr(dataset, "transform"):
+        description["transform"] = describe_transform(dataset.transform)
     return description
 
 

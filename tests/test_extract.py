@@ -176,3 +176,59 @@ def test_library_defaults_match_the_cli(own_checkpoint):
     assert train_data.description["name"] == "digits" and len(train_data) == 1347
     with pytest.raises(Exception, match="needs a root|No cifar10 data"):
         checkpoint_dataset(load_checkpoint(path), "cifar10", root=path.parent / "nowhere")
+
+
+def test_another_transform_of_the_same_data_set_never_reuses_its_bank(tmp_path):
+    """with_transform keeps the description it was loaded with: the bank of the evaluation
+    transform was returned for other images (the fingerprint said the same transform)."""
+    import torchvision.transforms as T
+
+    from conftest import tiny_model
+
+    model = tiny_model()
+    data = load_dataset("digits", split="test")
+    extract_features(model, data, tmp_path / "bank", layers=["H"], progress=False)
+    other = data.with_transform(T.ToTensor())  # no normalisation
+    with pytest.raises(FeatureBankError, match="different feature bank"):
+        extract_features(model, other, tmp_path / "bank", layers=["H"], progress=False)
+    bank = extract_features(model, other, tmp_path / "other", layers=["H"], progress=False)
+    x = torch.stack([other[i][0] for i in range(len(other))])
+    with torch.no_grad():
+        np.testing.assert_allclose(bank["H"], model.encode(x).numpy(), atol=1e-6, rtol=0)
+
+
+def test_subsets_of_other_rows_never_reuse_a_bank(tmp_path):
+    """Subsets were described by their class name and size only: the first 400 train images'
+    bank was returned for the first 400 test images."""
+    from torch.utils.data import Subset
+
+    from conftest import tiny_model
+
+    model = tiny_model()
+    train, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
+    extract_features(model, Subset(train, range(400)), tmp_path / "bank", layers=["H"], progress=False)
+    for other in (Subset(test, range(400)), Subset(train, range(1, 401))):
+        with pytest.raises(FeatureBankError, match="different feature bank"):
+            extract_features(model, other, tmp_path / "bank", layers=["H"], progress=False)
+    again = extract_features(model, Subset(train, range(400)), tmp_path / "bank", layers=["H"], progress=False)
+    assert again.reused
+    np.testing.assert_array_equal(again.labels, train.targets[:400])
+
+
+def test_checkpoints_loaded_without_their_file_hash_are_told_apart_by_their_weights(tmp_path):
+    """load_checkpoint(hash_file=False) records no sha256: the fingerprint then held only path,
+    epoch and config, and a retrained checkpoint at the same path reused the old bank."""
+    from clusterprobe import save_checkpoint
+
+    from conftest import tiny_model
+
+    data = load_dataset("digits", split="test")
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, tiny_model(seed=0), epoch=1, step=1, method="resa", dataset="digits")
+    extract_features(load_checkpoint(path, hash_file=False), data, tmp_path / "bank", layers=["H"], progress=False)
+    assert extract_features(load_checkpoint(path, hash_file=False), data, tmp_path / "bank", layers=["H"],
+                            progress=False).reused  # the same weights: reused
+    save_checkpoint(path, tiny_model(seed=7), epoch=1, step=1, method="resa", dataset="digits")
+    with pytest.raises(FeatureBankError, match="different feature bank"):
+        extract_features(load_checkpoint(path, hash_file=False), data, tmp_path / "bank", layers=["H"],
+                         progress=False)
