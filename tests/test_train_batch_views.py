@@ -13,7 +13,7 @@ from torchvision import transforms as T
 
 from clusterprobe.trainer.batch_views import BatchView, BatchViews, color_jitter, sample_crop_boxes
 from clusterprobe.trainer.loading import DeviceViewLoader, EpochSampler
-from clusterprobe.trainer.views import ViewSpec, view_specs
+from clusterprobe.trainer.views import ViewSpec, blur_kernel_size, view_specs
 
 N = 3000
 
@@ -104,7 +104,8 @@ def test_each_step_equals_torchvision_at_probability_one():
     torch.testing.assert_close(solarized, F.solarize(images, 128).float() / 255, rtol=0, atol=1e-5)
     sigma = torch.full((5,), 0.7)
     blurred = run(ViewSpec(jitter=None, grayscale_p=0.0, blur_p=1.0, flip_p=0.0), sigma=sigma)
-    torch.testing.assert_close(blurred, F.gaussian_blur(floats, [3, 3], [0.7, 0.7]), rtol=0, atol=1e-5)
+    k = blur_kernel_size(16)
+    torch.testing.assert_close(blurred, F.gaussian_blur(floats, [k, k], [0.7, 0.7]), rtol=0, atol=1e-5)
 
 
 def test_a_crop_is_resized_like_a_bilinear_resize_of_that_region():

@@ -26,6 +26,7 @@ pipeline with per-sample random parameters (on the training device).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -46,7 +47,7 @@ class ViewSpec:
 
     RandomResizedCrop(``scale``, ratio 3/4-4/3, ``interpolation``) -> ColorJitter(``jitter`` =
     brightness, contrast, saturation, hue) with probability ``jitter_p`` -> grayscale with
-    ``grayscale_p`` -> Gaussian blur (sigma 0.1-2, kernel ~10 % of the image) with ``blur_p`` ->
+    ``grayscale_p`` -> Gaussian blur (sigma 0.1-2, kernel :func:`blur_kernel_size`) with ``blur_p`` ->
     solarize (pixels >= 128 of 255 inverted) with ``solarize_p`` -> horizontal flip with ``flip_p``.
     """
 
@@ -61,12 +62,19 @@ class ViewSpec:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def blur_kernel_size(size: int) -> int:
-    """Gaussian blur kernel for ``size``-pixel images: ~10 % of the image, odd, at least 3."""
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
-
-
 BLUR_SIGMA = (0.1, 2.0)
+
+
+def blur_kernel_size(size: int) -> int:
+    """Gaussian blur kernel for ``size``-pixel images, odd: ~10 % of the image (SimCLR's rule) but
+    at least +-3 of the largest sigma, at most ``2 * size - 1`` (what reflect padding allows).
+
+    The references (solo-learn, the ReSA, BYOL and SwAV code) blur with PIL's
+    ``ImageFilter.GaussianBlur(radius=sigma)``, a Gaussian of standard deviation ``sigma`` that is
+    not truncated; 10 % of a 32-pixel image alone is a 3-tap kernel, whose blur at sigma 2 has a
+    sixth of that variance."""
+    k = max(int(0.1 * size) // 2 * 2 + 1, 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1)
+    return min(k, 2 * int(size) - 1)
 
 
 def make_view(size: int, mean: Sequence[float], std: Sequence[float], spec: ViewSpec = ViewSpec()) -> T.Compose:
