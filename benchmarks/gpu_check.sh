@@ -7,6 +7,7 @@
 #   run(command="bash benchmarks/gpu_check.sh 2>&1 | tee $OUT/gpu_check.log", carry=[".gpu"])
 # GPU_CHECK_SECTIONS="throughput metrics" runs only those sections (names below);
 # GPU_CHECK_IMAGENET=1 adds the 1,281,167 x 2048 scaling run (several more minutes).
+# GPU_CHECK_COMPILE=1 adds a throughput run with torch.compile (about a minute more).
 #
 # Works without installing clusterprobe (PYTHONPATH); on a machine with a full environment
 # (faiss-gpu included) it uses that instead. CPU-only machines: nothing here is needed for the tests.
@@ -102,7 +103,11 @@ throughput() {  # the issue's target: ResNet-18 CIFAR ReSA at batch 256, >= 10,0
   $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on device --device $DEV \
     --width 64 --batch 256 --steps 50 --warmup 5 --amp || return 1
   $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on loader --device $DEV \
-    --width 64 --batch 256 --steps 30 --warmup 5 --num-workers 12
+    --width 64 --batch 256 --steps 30 --warmup 5 --num-workers 12 || return 1
+  if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then  # torch.compile of the encoders: about a minute more
+    $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on device --device $DEV \
+      --width 64 --batch 256 --steps 50 --warmup 15 --amp --compile
+  fi
 }
 
 step() {  # the step alone for several methods, fp32 and AMP; the LARS optimiser step

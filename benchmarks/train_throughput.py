@@ -8,11 +8,16 @@ Builds the trainer's own data path (``clusterprobe.trainer.loop.build_data``: PI
 DataLoader workers, or batched views on the device) and method (``build_training``), then times
 ``--steps`` optimisation steps two ways in the same run:
 
-1. **loop**: batches from the loader (decode/augment/transfer included), forward, backward, step;
-2. **step**: the same number of steps on one pre-made batch already on the device.
+1. **loop**: the trainer's own epoch loop (``clusterprobe.trainer.loop.train_one_epoch``, exactly
+   what ``clusterprobe train`` runs: batches from the loader with decoding, augmentation and
+   transfer, the step, the per-step loss check and logging), stopped after the timed steps;
+2. **step**: the same number of steps on one pre-made batch already on the device (forward,
+   backward, optimiser: no data, no loss check).
 
-Prints images/s of both and the ratio loop / step (target: >= 0.9: the data pipeline hides
-behind the step). The first ``--warmup`` steps of each are not timed.
+Prints images/s of both and the ratio loop / step (target: >= 0.9: the data pipeline and the
+loop's bookkeeping hide behind the step). The first ``--warmup`` steps of each are not timed.
+``--compile`` compiles the encoders (``torch.compile``; the warm-up steps then include the
+compilation, so give it enough of them).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clusterprobe import distributed  # noqa: E402
 from clusterprobe.trainer import resolve_config, TrainConfig  # noqa: E402
-from clusterprobe.trainer.loop import build_data, build_training  # noqa: E402
+from clusterprobe.trainer.loop import build_data, build_training, train_one_epoch  # noqa: E402
 from clusterprobe.trainer.optim import set_learning_rate  # noqa: E402
 
 
@@ -47,6 +52,32 @@ def step(training, views, index):
     training.scaler.update()
 
 
+class _Timed(Exception):
+    """Raised by the step callback once the timed steps are done: ends the epoch early."""
+
+
+def trainer_loop_rate(config, env, data, training, warmup: int, steps: int) -> float:
+    """Images/s of steps ``warmup + 1 .. warmup + steps`` of the trainer's own epoch loop."""
+    marks = {}
+
+    def on_step(event: str, info: dict) -> None:
+        if event != "step":
+            return
+        if info["step"] == warmup:
+            sync(env.device)
+            marks["start"] = time.perf_counter()
+        elif info["step"] == warmup + steps:
+            sync(env.device)
+            marks["stop"] = time.perf_counter()
+            raise _Timed
+
+    try:
+        train_one_epoch(config, env, None, data, training, None, 0, 0, [on_step])
+    except _Timed:
+        pass
+    return steps * config.batch_size / (marks["stop"] - marks["start"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=None, help="CIFAR-10 (ImageFolder tree or torchvision files); default: digits")
@@ -60,11 +91,12 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=None)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
 
     fields = dict(method=args.method, epochs=1, batch_size=args.batch, width=args.width, out="unused",
                   views_on=args.views_on, device=args.device, num_workers=args.num_workers, amp=args.amp,
-                  limit_train=args.limit_train, progress=False)
+                  compile=args.compile, limit_train=args.limit_train, progress=False)
     if args.data_root:
         fields.update(dataset="cifar10", data_root=args.data_root)
     else:
@@ -80,18 +112,9 @@ def main() -> None:
     if data.steps_per_epoch < needed:
         sys.exit(f"the epoch has {data.steps_per_epoch} steps; ask for fewer (--steps, --warmup) or more data")
 
-    batches = iter(data.loader)
-    for index in range(args.warmup):
-        views, _ = next(batches)
-        step(training, [v.to(env.device, non_blocking=True) for v in views], index)
-    sync(env.device)
-    start = time.perf_counter()
-    for index in range(args.steps):
-        views, _ = next(batches)
-        step(training, [v.to(env.device, non_blocking=True) for v in views], index)
-    sync(env.device)
-    loop_rate = args.steps * args.batch / (time.perf_counter() - start)
+    loop_rate = trainer_loop_rate(config, env, data, training, args.warmup, args.steps)
 
+    views, _ = next(iter(data.loader))
     fixed = [v.to(env.device) for v in views]
     for index in range(args.warmup):
         step(training, fixed, index)
