@@ -320,3 +320,45 @@ def test_solo_learn_mocov3_and_mae_vits_have_their_own_heads(tmp_path, method):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode(x), backbone(x), rtol=0, atol=0)
+
+
+def _dino_interpolate_pos_encoding(pos_embed, rows, cols):
+    """DINO's vision_transformer.py interpolate_pos_encoding, restated: the patch grid's position
+    embedding resized bicubically by the scale factor (n + 0.1) / N, without antialiasing."""
+    cls, patch = pos_embed[:, :1], pos_embed[:, 1:]
+    side, dim = int(patch.shape[1] ** 0.5), patch.shape[2]
+    grid = patch.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side),
+                                           mode="bicubic")
+    assert grid.shape[-2:] == (rows, cols)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)], dim=1)
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_dino_vit_at_another_input_size_resizes_the_position_embedding_as_dino_does(tmp_path, size):
+    # facebookresearch/dino main_dino.py saves {"student", "teacher", "args", "epoch", ...}; its ViT
+    # (vision_transformer.py) adds interpolate_pos_encoding(x, w, h) for inputs of another size.
+    import timm
+
+    torch.manual_seed(0)
+    native = timm.models.vision_transformer.VisionTransformer(
+        img_size=64, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=0)
+    with torch.no_grad():
+        for parameter in native.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    backbone = {f"backbone.{k}": v for k, v in native.state_dict().items()}
+    torch.save({"student": {f"module.{k}": v for k, v in backbone.items()}, "teacher": backbone, "epoch": 5,
+                "args": argparse.Namespace(arch="vit_tiny", patch_size=16)}, tmp_path / "checkpoint.pth")
+    loaded = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert (loaded.format, loaded.branch, loaded.assumptions) == ("dino", "teacher", [])
+    reference = timm.models.vision_transformer.VisionTransformer(
+        img_size=size, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=0).eval()
+    state = native.state_dict()
+    state["pos_embed"] = _dino_interpolate_pos_encoding(state["pos_embed"], size // 16, size // 16)
+    reference.load_state_dict(state)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode(x), reference(x), rtol=1e-5, atol=1e-5)
+        # at the size it was trained for, nothing is resized
+        x = torch.randn(2, 3, 64, 64)
+        torch.testing.assert_close(loaded.model.encode(x), native.eval()(x), rtol=0, atol=0)

@@ -51,6 +51,7 @@ class Hints:
     activation: str | None = None
     vit_arch: str | None = None
     vit_heads: int | None = None
+    vit_pos_resample: str | None = None  # ViTBackbone's pos_resample ("dino" for DINO's own ViT)
     stem_note: str | None = None  # why the stem is what it is, for the facts
 
     def merged(self, **given: Any) -> "Hints":
@@ -129,6 +130,8 @@ def _backbone_config(backbone: Tensors, hints: Hints, facts: list[str], assumpti
 
         options, notes = infer_vit_options(backbone, arch=hints.vit_arch, num_heads=hints.vit_heads)
         assumptions.extend(notes)
+        if hints.vit_pos_resample:
+            options = {**options, "pos_resample": hints.vit_pos_resample}
         facts.append(f"encoder: ViT, {options['depth']} blocks of {options['embed_dim']}-d, "
                      f"{options['num_heads']} heads, patch {options['patch_size']}, "
                      f"H = {'class token' if options.get('pool', 'token') == 'token' else 'token mean'} after the final norm")

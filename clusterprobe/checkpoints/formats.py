@@ -277,10 +277,13 @@ def dino(raw: Mapping, path: Path) -> Layout | None:
         branches[name] = Parts(_encoder(state, "backbone."), _head_keys(state, "head.mlp."))
     args = raw.get("args")
     arch = getattr(args, "arch", None) if args is not None else None
-    hints = Hints(activation="gelu", vit_arch=str(arch) if arch and str(arch).startswith(("vit", "deit")) else None)
+    hints = Hints(activation="gelu", vit_arch=str(arch) if arch and str(arch).startswith(("vit", "deit")) else None,
+                  vit_pos_resample="dino")
     return Layout(
         "dino", branches, "teacher" if "teacher" in branches else "student", hints, Z_DINO,
-        ["branches: student, teacher (DINO evaluates the teacher)", "head activation: GELU (DINO's head)"],
+        ["branches: student, teacher (DINO evaluates the teacher)", "head activation: GELU (DINO's head)"]
+        + (["ViT inputs of another size: pos_embed resized as DINO's interpolate_pos_encoding does"]
+           if is_vit(next(iter(branches.values())).backbone) else []),
         epoch=_int(raw.get("epoch")), method="dino",
         dataset=None,
     )

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
@@ -53,9 +54,14 @@ DEFAULT_VIT_OPTIONS: dict[str, Any] = {
     "pre_norm": False,  # norm_pre.* after the embeddings (CLIP); then patch_embed.proj has no bias
     "final_norm": True,  # a final norm (norm.* or fc_norm.*) at all
     "norm_eps": 1e-6,  # LayerNorm eps: 1e-6 in timm, DINO, MoCo v3, MAE, DeiT; 1e-5 in CLIP
+    # how pos_embed is resized for inputs of another size than img_size: "timm" (timm's
+    # antialiased bicubic resize) or "dino" (DINO's interpolate_pos_encoding: bicubic by the
+    # scale factor (n + 0.1) / N, no antialiasing), which differ by tens of percent
+    "pos_resample": "timm",
 }
 
 POOLS = ("token", "avg")
+POS_RESAMPLES = ("timm", "dino")
 
 
 def _arch(embed_dim: int, depth: int, num_heads: int, patch_size: int = 16) -> dict[str, Any]:
@@ -147,6 +153,12 @@ def normalize_vit_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if opts["pool"] == "token" and not opts["class_token"]:
         raise ClusterprobeError(
             'ViT pool "token" needs a class token; use pool "avg" for a model without one.')
+    if opts["pos_resample"] not in POS_RESAMPLES:
+        raise ClusterprobeError(
+            f"ViT option pos_resample must be one of {', '.join(POS_RESAMPLES)}, got {opts['pos_resample']!r}.")
+    if opts["pos_resample"] == "dino" and (not opts["class_token"] or opts["reg_tokens"] or opts["no_embed_class"]):
+        raise ClusterprobeError(
+            'ViT pos_resample "dino" is for DINO\'s layout: a class token with a position, no register tokens.')
     if opts["fc_norm"] and not opts["final_norm"]:
         raise ClusterprobeError(
             "ViT option fc_norm needs final_norm (fc_norm is the final norm, moved after pooling).")
@@ -209,6 +221,20 @@ class ViTBackbone(VisionTransformer):
                 f"ViT input size {tuple(x.shape[-2:])} is not a multiple of the patch size {(ph, pw)}; "
                 "resize or crop the images to a multiple of it.")
         return super().forward(x)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, rows, cols, C) patch tokens
+        rows, cols = int(x.shape[1]), int(x.shape[2])
+        grid = tuple(self.patch_embed.grid_size)
+        if self.options["pos_resample"] != "dino" or (rows, cols) == grid:
+            return super()._pos_embed(x)
+        # DINO's interpolate_pos_encoding (vision_transformer.py), for the same tokens
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = F.interpolate(
+            patch_pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2),
+            scale_factor=((rows + 0.1) / grid[0], (cols + 0.1) / grid[1]), mode="bicubic")
+        pos = torch.cat([cls_pos, patch_pos.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x.reshape(x.shape[0], rows * cols, -1)], dim=1)
+        return self.pos_drop(tokens + pos)
 
 
 # -- reading options off a state dict ---------------------------------------------------------
