@@ -194,3 +194,25 @@ def test_branch_option_analyses_the_other_branch_and_caches_it_apart(tmp_path):
     assert not rows(default.table).equals(rows(online.table))
     again = build_report(runs, tmp_path / "again", settings=ReportSettings(**fast), progress=False)
     pd.testing.assert_series_equal(rows(again.table), rows(default.table))
+
+
+def test_the_report_device_reaches_every_metric_computation(tmp_path, monkeypatch):
+    """--device (ReportSettings.device) reached the extraction and the per-class views only: the
+    metrics suite, the raw-pixels reference and the fine/coarse table ran on 'auto' (the GPU
+    when present) whatever was asked."""
+    import clusterprobe.metrics as metrics_module
+
+    seen = []
+    for name in ("evaluate", "evaluate_arrays"):
+        original = getattr(metrics_module, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append((_name, kwargs.get("device")))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(metrics_module, name, spy)
+    make_run(tmp_path / "runs" / "resa", "resa", [0, 1])
+    settings = ReportSettings(**{**FAST, "umap": False}, device="cpu", per_class=False)
+    build_report(tmp_path / "runs", settings=settings, progress=False)
+    assert ("evaluate", "cpu") in seen and ("evaluate_arrays", "cpu") in seen  # suite and raw pixels
+    assert all(device == "cpu" for _, device in seen), seen

@@ -281,7 +281,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                             f"{_epoch_list(failed_epochs)} of this run failed, reasons above; it has "
                             f"epochs {_epoch_list(run.epochs)})")
         return None
-    overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
+    overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
     progress.describe(f"{run.name}: metrics")
     # only the requested layers: a reused bank may hold more
     table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted,
@@ -406,7 +406,7 @@ def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path,
         features = {layer: bank[layer] for layer in _requested(bank, settings)}
         for granularity, labels in (("fine", bank.labels), ("coarse", bank.coarse_labels)):
             frame = evaluate_arrays(features, labels, metrics="nmi,ari,silhouette", run=run.name,
-                                    method=run.method or "", epoch=epoch,
+                                    method=run.method or "", epoch=epoch, device=settings.device,
                                     cache=out / "cache" / run.name / f"{granularity}_labels_metrics.csv")
             frame = frame.assign(labels=granularity, split="test")
             frames.append(frame)
@@ -490,7 +490,7 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
     if settings.pixels:
         from .pixels import pixel_reference
 
-        overrides = {"cluster_splits": settings.cluster_splits, **settings.metric_overrides}
+        overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
         for (name, _root), data in data_cache.items():
             bar.describe(f"raw pixels of {name}")
             try:
