@@ -108,16 +108,28 @@ def test_each_step_equals_torchvision_at_probability_one():
     torch.testing.assert_close(blurred, F.gaussian_blur(floats, [k, k], [0.7, 0.7]), rtol=0, atol=1e-5)
 
 
-def test_a_crop_is_resized_like_a_bilinear_resize_of_that_region():
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_a_crop_is_resized_like_torchvision_resized_crop(mode):
+    """The crop geometry of torchvision's RandomResizedCrop (F.resized_crop, pixel edges to pixel
+    edges as PIL does): the box's outer pixels are not stretched to the output's corners, which
+    would zoom every crop by w / (w - 1)."""
     torch.manual_seed(7)
-    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
-    view = BatchView(ViewSpec(interpolation="bilinear", jitter=None, grayscale_p=0.0, flip_p=0.0), 32, (0.0,), (1.0,))
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 6, 6), size=(32, 32), mode="bicubic",
+                                             align_corners=False).clamp(0, 1)
+    images = (smooth * 255).round().to(torch.uint8)
+    view = BatchView(ViewSpec(interpolation=mode, jitter=None, grayscale_p=0.0, flip_p=0.0), 32, (0.0,) * 3, (1.0,) * 3)
+    boxes = torch.tensor([[4, 8, 16, 16], [10, 3, 9, 11]])
     params = view.sample(2, 32, 32, torch.Generator().manual_seed(0))
-    params["boxes"] = torch.tensor([[4, 8, 16, 16], [0, 0, 32, 32]])
+    params["boxes"] = boxes
     out = view(images, params=params)
-    region = images[0:1, :, 4:20, 8:24].float() / 255
-    expected = torch.nn.functional.interpolate(region, size=(32, 32), mode="bilinear", align_corners=True)
-    torch.testing.assert_close(out[0:1], expected, rtol=0, atol=1e-5)
+    interpolation = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[mode]
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        expected = F.resized_crop(images[i].float() / 255, top, left, h, w, [32, 32], interpolation,
+                                  antialias=False).clamp(0, 1)
+        if mode == "bilinear":  # the same samples of the same pixels
+            torch.testing.assert_close(out[i], expected, rtol=0, atol=1e-5)
+        else:  # bicubic taps within 2 pixels of the box's edge may read its neighbours: the inside
+            torch.testing.assert_close(out[i, :, 8:-8, 8:-8], expected[:, 8:-8, 8:-8], rtol=0, atol=1e-4)
 
 
 def test_device_loader_is_reproducible_per_epoch_and_differs_across_epochs():

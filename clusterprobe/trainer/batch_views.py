@@ -6,7 +6,8 @@ torchvision PIL pipeline :func:`~.views.make_view` builds from the same :class:`
 
 - crop: torchvision's RandomResizedCrop sampling (up to 10 tries of area in ``scale`` and
   log-uniform aspect ratio, else the central crop of the clamped ratio), vectorised; the crops
-  are resized with kornia's ``crop_and_resize`` (bilinear or bicubic);
+  are resized (bilinear or bicubic, torch's ``grid_sample``) with torchvision's geometry, pixel
+  edges to pixel edges (:func:`resized_crops`);
 - colour jitter with probability ``jitter_p``: brightness, contrast, saturation and hue factors
   uniform in torchvision's ranges, applied in a random order **per sample** (torchvision's
   ColorJitter draws one permutation per image; kornia's draws one per batch, so the order is
@@ -69,6 +70,27 @@ def sample_crop_boxes(n: int, height: int, width: int, scale: Sequence[float], r
     top = torch.where(fallback, torch.full_like(top, (height - fh) // 2), top)
     left = torch.where(fallback, torch.full_like(left, (width - fw) // 2), left)
     return torch.stack([top, left, chosen_h, chosen_w], dim=1)
+
+
+def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Each image's box ``(top, left, h, w)`` resized to ``size`` x ``size`` as torchvision's
+    ``F.resized_crop`` (and PIL) places the samples: output pixel ``i`` reads the box at
+    ``left - 0.5 + (i + 0.5) * w / size`` (pixel centres at integers), clamped to the box's outer
+    pixel centres. (Mapping the outer pixel centres to the output's corners instead, as kornia's
+    ``crop_and_resize`` does, zooms every crop by ``w / (w - 1)``.) Bicubic uses torch's kernel
+    (a = -0.75; PIL's is -0.5)."""
+    n, _, height, width = images.shape
+    top, left, h, w = boxes.to(images.device, torch.float32).unbind(1)
+    centres = (torch.arange(size, device=images.device, dtype=torch.float32) + 0.5) / size
+
+    def coordinates(start, extent, full):
+        pixel = start[:, None] - 0.5 + centres[None] * extent[:, None]
+        pixel = torch.minimum(torch.maximum(pixel, start[:, None]), (start + extent - 1)[:, None])
+        return 2 * pixel / max(full - 1, 1) - 1  # grid_sample's [-1, 1], align_corners=True
+
+    xs, ys = coordinates(left, w, width), coordinates(top, h, height)
+    grid = torch.stack([xs[:, None, :].expand(n, size, size), ys[:, :, None].expand(n, size, size)], dim=-1)
+    return torch.nn.functional.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -160,13 +182,7 @@ class BatchView(nn.Module):
         params = params or self.sample(n, height, width, generator)
         device = images.device
         x = images.float().div_(255)
-        boxes = params["boxes"].to(device)
-        top, left, h, w = boxes.unbind(1)
-        corners = torch.stack([torch.stack([left, top], 1), torch.stack([left + w - 1, top], 1),
-                               torch.stack([left + w - 1, top + h - 1], 1), torch.stack([left, top + h - 1], 1)], 1).float()
-        x = kornia.geometry.transform.crop_and_resize(x, corners, (self.size, self.size),
-                                                      mode=self.spec.interpolation, align_corners=True)
-        x = x.clamp(0, 1)
+        x = resized_crops(x, params["boxes"], self.size, self.spec.interpolation).clamp(0, 1)
         if "jitter" in params:
             rows = params["jitter"].nonzero().flatten().to(device)
             if len(rows):
