@@ -73,3 +73,19 @@ def test_report_command_passes_the_figure_options(monkeypatch, tmp_path):
     assert result.exit_code == 1 and "stop here" in result.output
     settings = seen["settings"]
     assert (settings.per_class, settings.same_axes, settings.branch) == (False, False, "online")
+
+
+def test_chance_lines_of_runs_on_data_sets_with_other_class_counts():
+    """The chance of accuracies came from the first k-means row of the whole table: with a
+    CIFAR-10 and a CIFAR-100 run in one report, the CIFAR-100 run's panels showed 1/10."""
+    table = tidy()
+    table.loc[(table["run"] == "byol") & (table["metric"] == "nmi"), "k"] = 100
+    assert chance_level(table, "linear_top1") is None  # no single chance for both runs
+    assert chance_level(table[table["run"] == "byol"], "linear_top1") == 0.01
+    comparison = layer_comparison_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")])
+    assert not [line for line in comparison.axes[1].get_lines() if line.get_label() == "chance"]
+    dynamics = training_dynamics_figure(table, [("nmi", "NMI"), ("linear_top1", "Linear")])
+    axes = np.array(dynamics.axes[:4]).reshape(2, 2)  # rows: runs sorted by name (byol, resa)
+    for row, expected in ((0, 0.01), (1, 0.1)):
+        chance = [line for line in axes[row][1].get_lines() if line.get_label() == "chance"]
+        assert len(chance) == 1 and np.allclose(chance[0].get_ydata(), expected)

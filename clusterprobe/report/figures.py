@@ -51,12 +51,14 @@ CHANCE_ZERO = frozenset({"ari", "nmi"})
 
 def chance_level(table: pd.DataFrame, metric: str) -> float | None:
     """What a random representation scores: 1 / classes for accuracies (classes = the k-means k
-    recorded in the table, which defaults to the number of classes), 0 for ARI and NMI."""
+    recorded in the table, which defaults to the number of classes), 0 for ARI and NMI. None
+    where it is not known, or where the table's runs have different k (e.g. CIFAR-10 and
+    CIFAR-100 runs): one line would be the chance of one data set only."""
     if metric in CHANCE_ZERO:
         return 0.0
     if metric in CHANCE_ONE_OVER_K and "k" in table:
         k = pd.to_numeric(table.loc[table["metric"].isin(["nmi", "ari"]), "k"], errors="coerce").dropna()
-        if len(k):
+        if k.nunique() == 1:
             return 1.0 / float(k.iloc[0])
     return None
 
@@ -182,7 +184,7 @@ def training_dynamics_figure(
                     low = series["value"] - series["std"].fillna(0)
                     high = series["value"] + series["std"].fillna(0)
                     ax.fill_between(series["epoch"], low, high, color=style["color"], alpha=0.15)
-            _chance_line(ax, table, metric)
+            _chance_line(ax, rows, metric)  # this run's chance (runs may be on other data sets)
             by_metric.setdefault(metric, []).append(ax)
             _style_axes(ax, title if row == 0 else "", _run_label(table, run).replace("\n", " ") if col == 0 else None)
             if row == len(runs) - 1:
