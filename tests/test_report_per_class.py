@@ -32,3 +32,24 @@ def test_a_mixed_class_shows_off_the_diagonal_and_a_low_silhouette():
     assert view.silhouette[3] == min(view.silhouette)
     fig = per_class_figure({"run": {"H": view, "Z": view}}, ["a", "b", "c", "d"])
     assert len(fig.axes) == 4
+
+
+def test_class_names_are_shown_only_when_every_run_has_the_same(tmp_path):
+    """The per-class and UMAP figures took the class names of the first run's bank: a CIFAR-10
+    run beside a digits run (10 classes each) had its classes named 0..9."""
+    from clusterprobe import FeatureBank
+    from clusterprobe.report.build import ReportSettings, _per_class_views
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    paths = {}
+    for run, names in (("digits-run", ["0", "1", "2"]), ("cifar-run", ["airplane", "automobile", "bird"]),
+                       ("digits-too", ["0", "1", "2"])):
+        paths[run] = tmp_path / run
+        FeatureBank.write(paths[run], {"H": rng.normal(size=(60, 4)) + labels[:, None]}, labels,
+                          meta={"class_names": names})
+    settings = ReportSettings(layers=("H",), device="cpu")
+    views, names = _per_class_views(paths, settings)
+    assert set(views) == set(paths) and names is None
+    same = {run: path for run, path in paths.items() if run != "cifar-run"}
+    assert _per_class_views(same, settings)[1] == ["0", "1", "2"]

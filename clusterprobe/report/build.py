@@ -359,10 +359,9 @@ def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSet
     jobs = [(run_name, layer) for run_name, bank in banks.items() for layer in _requested(bank, settings)]
     if bar is not None:
         bar.add_total(len(jobs))
-    embeddings, class_names = {}, None
+    embeddings, class_names = {}, _shared_class_names(banks.values())
     for run_name, layer in jobs:
         bank = banks[run_name]
-        class_names = class_names or bank.class_names
         if bar is not None:
             bar.describe(f"UMAP {run_name} {layer}")
         embeddings[(run_name, layer)] = cached_bank_embedding(bank, layer, out / "cache" / "umap",
@@ -381,13 +380,21 @@ def _per_class_views(test_banks: dict[str, Path], settings: ReportSettings):
     """{run: {layer: PerClassView}} of each run's last test bank, and the class names."""
     from .per_class import per_class_view
 
-    views, class_names = {}, None
+    views, banks = {}, []
     for run_name, path in test_banks.items():
         bank = FeatureBank.open(path)
-        class_names = class_names or bank.class_names
+        banks.append(bank)
         views[run_name] = {layer: per_class_view(bank.features(layer), bank.labels, device=settings.device)
                            for layer in _requested(bank, settings)}
-    return views, class_names
+    return views, _shared_class_names(banks)
+
+
+def _shared_class_names(banks) -> list[str] | None:
+    """The class names of every bank when they all have the same ones, else None: runs on other
+    data sets (digits and CIFAR-10, both 10 classes) would show one data set's names for the
+    other's classes."""
+    names = [bank.class_names for bank in banks]
+    return names[0] if names and all(n == names[0] for n in names) else None
 
 
 def _coarse_table(runs: Sequence[Run], test_banks: dict[str, Path], out: Path,
