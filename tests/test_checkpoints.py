@@ -362,3 +362,25 @@ def test_dino_vit_at_another_input_size_resizes_the_position_embedding_as_dino_d
         # at the size it was trained for, nothing is resized
         x = torch.randn(2, 3, 64, 64)
         torch.testing.assert_close(loaded.model.encode(x), native.eval()(x), rtol=0, atol=0)
+
+
+def test_encoder_projector_files_not_laid_out_as_resa_leave_the_stem_padding_an_assumption(tmp_path):
+    # ReSA's projector (winci-ai/resa_cifar src/model.py get_projector) always ends in
+    # BatchNorm1d(emb, affine=False); a file with encoder.* + projector.* whose projector does not
+    # is some other code base's, whose CIFAR stem padding ReSA's code does not tell.
+    from clusterprobe.errors import AssumptionWarning
+
+    torch.manual_seed(0)
+    encoder = torchvision.models.resnet18()
+    encoder.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    encoder.maxpool, encoder.fc = torch.nn.Identity(), torch.nn.Identity()
+    projector = torch.nn.Sequential(torch.nn.Linear(512, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32))
+    state = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             **{f"projector.{k}": v for k, v in projector.state_dict().items()}}
+    torch.save({"epoch": 3, "state_dict": state}, tmp_path / "simclr.pth")
+    with pytest.warns(AssumptionWarning, match="stem"):
+        loaded = load_checkpoint(tmp_path / "simclr.pth")
+    assert loaded.format != "resa" and loaded.branch == "online"
+    exact = load_checkpoint(tmp_path / "simclr.pth", stem_padding=1, head_activation="relu")
+    assert exact.assumptions == []
+    same_outputs(exact.model, torch.nn.Sequential(encoder, projector), X3)

@@ -215,6 +215,15 @@ def resa(raw: Mapping, state: Mapping[str, torch.Tensor]) -> Layout | None:
                                 _head_keys(state, "predictor."))}
     if any(k.startswith("momentum_encoder.") for k in state):
         branches["momentum"] = Parts(_encoder(state, "momentum_encoder."), _head_keys(state, "momentum_projector."))
+    projector = branches["online"].projector or {}
+    last = max((int(k.split(".")[0]) for k in projector if k.split(".")[0].isdigit()), default=None)
+    if last is None or f"{last}.running_mean" not in projector or f"{last}.weight" in projector:
+        # ReSA's projector always ends in BatchNorm1d(emb, affine=False): this is another code
+        # base's encoder + projector, whose stem and head activation ReSA's code does not tell
+        return Layout("state-dict", branches, "online", Hints(), Z_PROJECTOR,
+                      ["encoder.* + projector.*, but the projector does not end in ReSA's affine-free "
+                       "BatchNorm: read as a plain encoder + projector, not as ReSA's layout"],
+                      epoch=_int(raw.get("epoch")))
     return Layout(
         "resa", branches, "momentum" if "momentum" in branches else "online",
         Hints(stem_padding=2, activation="relu",
