@@ -384,3 +384,23 @@ def test_encoder_projector_files_not_laid_out_as_resa_leave_the_stem_padding_an_
     exact = load_checkpoint(tmp_path / "simclr.pth", stem_padding=1, head_activation="relu")
     assert exact.assumptions == []
     same_outputs(exact.model, torch.nn.Sequential(encoder, projector), X3)
+
+
+def test_lightly_swav_model_with_prototypes_and_queues_loads(tmp_path):
+    # lightly-ai/lightly examples/pytorch/swav.py and swav_queue.py: backbone (ResNet children),
+    # projection_head = SwaVProjectionHead (layers: Linear(no bias), BN, ReLU, Linear), prototypes =
+    # SwaVPrototypes (heads.0.weight/bias), and in swav_queue.py queues = MemoryBankModules (buffers).
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(*list(torchvision.models.resnet18().children())[:-1])
+    head = torch.nn.Sequential(torch.nn.Linear(512, 64, bias=False), torch.nn.BatchNorm1d(64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 32))
+    head[1].running_mean.uniform_(-0.5, 0.5)
+    state = {**{f"backbone.{k}": v for k, v in backbone.state_dict().items()},
+             **{f"projection_head.layers.{k}": v for k, v in head.state_dict().items()},
+             "prototypes.heads.0.weight": torch.randn(16, 32), "prototypes.heads.0.bias": torch.randn(16),
+             "queues.0.bank": torch.randn(128, 32), "queues.0.bank_ptr": torch.zeros(1, dtype=torch.long)}
+    torch.save(state, tmp_path / "swav.pth")
+    loaded = load_checkpoint(tmp_path / "swav.pth")
+    assert loaded.format == "lightly" and loaded.assumptions == []
+    x = torch.randn(2, 3, 32, 32)
+    same_outputs(loaded.model, torch.nn.Sequential(backbone, torch.nn.Flatten(1), head), x)

@@ -379,7 +379,8 @@ def lightly(raw: Mapping, state: Mapping[str, torch.Tensor]) -> Layout | None:
     if any(k.startswith("backbone_momentum.") for k in state):
         branches["momentum"] = Parts(_lightly_backbone(select(state, "backbone_momentum.")),
                                      _head_keys(state, "projection_head_momentum.layers."))
-    known = ("backbone.", "backbone_momentum.", "projection_head.", "prediction_head.", "projection_head_momentum.")
+    known = ("backbone.", "backbone_momentum.", "projection_head.", "prediction_head.", "projection_head_momentum.",
+             "prototypes.", "queues.")  # SwAV's prototypes and queues (examples/pytorch/swav*.py): after Z
     stray = sorted({k.split(".")[0] for k in state if not k.startswith(known)})
     if stray:
         raise CheckpointError(
