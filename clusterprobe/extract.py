@@ -248,6 +248,7 @@ def extract_features(
         raise ClusterprobeError("The data set is empty: there is nothing to extract.")
 
     env = distributed.init_distributed(device)
+    modes = [(module, module.training) for module in model.modules()]  # the caller's, restored after
     job = _Extraction(model.to(env.device).eval(), specs, dataset, env.device, env.rank, env.world_size,
                       batch_size, num_workers, progress and env.is_main, dtype)
     description = _dataset_description(dataset)
@@ -281,6 +282,8 @@ def extract_features(
             distributed.barrier()
             return _mark_reused(FeatureBank.open(out), False)
     finally:
+        for module, training in modes:  # an in-memory model in training stays in training mode
+            module.training = training
         distributed.shutdown(env)
 
 

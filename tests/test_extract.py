@@ -232,3 +232,20 @@ def test_checkpoints_loaded_without_their_file_hash_are_told_apart_by_their_weig
     with pytest.raises(FeatureBankError, match="different feature bank"):
         extract_features(load_checkpoint(path, hash_file=False), data, tmp_path / "bank", layers=["H"],
                          progress=False)
+
+
+def test_an_in_memory_model_in_training_mode_is_left_in_training_mode(tmp_path):
+    """Extraction switched the caller's model to eval() and left it there: a training loop that
+    extracts between epochs then trained with frozen BatchNorm statistics."""
+    from conftest import tiny_model
+
+    model = tiny_model().train()
+    model.projector[1].eval()  # a module the caller froze stays frozen
+    before = {name: module.training for name, module in model.named_modules()}
+    data = load_dataset("digits", split="test")
+    bank = extract_features(model, data, tmp_path / "bank", layers=["H"], progress=False)
+    assert {name: module.training for name, module in model.named_modules()} == before
+    model.eval()
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        np.testing.assert_allclose(bank["H"], model.encode(x).numpy(), atol=1e-6, rtol=0)  # eval-mode features
