@@ -296,10 +296,7 @@ def test_solo_learn_vibcreg_iternorm_is_refused_by_name(solo_checkpoint):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("method", ["mocov3", "mae"])
-def test_solo_learn_mocov3_and_mae_vits_have_their_own_heads(tmp_path, method):
-    # solo-learn's solo/backbones/vit/__init__.py builds vit_tiny/vit_small for method mocov3 from
-    # vit_mocov3.py and for mae from vit_mae.py: both with num_heads=12 (timm's have 3 and 6).
+def _solo_learn_vit_with_12_heads(folder, args):
     import timm
 
     torch.manual_seed(0)
@@ -308,15 +305,36 @@ def test_solo_learn_mocov3_and_mae_vits_have_their_own_heads(tmp_path, method):
     with torch.no_grad():
         for parameter in backbone.parameters():
             parameter.add_(torch.randn_like(parameter) * 0.02)
-    backbone.eval()
-    folder = tmp_path / "solo"
     folder.mkdir()
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     torch.save({"epoch": 3, "pytorch-lightning_version": "2.1.0", "state_dict": state}, folder / "m-ep=3.ckpt")
-    (folder / "args.json").write_text(json.dumps({"method": method, "backbone": {"name": "vit_tiny"},
-                                                  "data": {"dataset": "cifar10"}}))
-    loaded = load_checkpoint(folder / "m-ep=3.ckpt")
+    (folder / "args.json").write_text(json.dumps(args))
+    return folder / "m-ep=3.ckpt", backbone.eval()
+
+
+@pytest.mark.parametrize("method", ["mocov3", "mae"])
+def test_solo_learn_mocov3_and_mae_vits_have_their_own_heads(tmp_path, method):
+    # solo-learn's solo/backbones/vit/__init__.py builds vit_tiny/vit_small for method mocov3 from
+    # vit_mocov3.py and for mae from vit_mae.py: both with num_heads=12 (timm's have 3 and 6).
+    path, backbone = _solo_learn_vit_with_12_heads(
+        tmp_path / "solo", {"method": method, "backbone": {"name": "vit_tiny"}, "data": {"dataset": "cifar10"}})
+    loaded = load_checkpoint(path)
     assert loaded.model.config.vit["num_heads"] == 12 and loaded.assumptions == []
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode(x), backbone(x), rtol=0, atol=0)
+
+
+def test_solo_learn_argparse_era_mocov3_vit_heads_are_an_assumption(tmp_path):
+    # The flat (argparse) args.json predates solo-learn 1.0.6: releases up to 1.0.5 built MoCo v3's
+    # ViTs with timm's heads, master from July 2022 (commit 7af3e44) with 12; the weights cannot tell.
+    from clusterprobe.errors import AssumptionWarning
+
+    path, backbone = _solo_learn_vit_with_12_heads(
+        tmp_path / "solo", {"method": "mocov3", "backbone": "vit_tiny", "dataset": "cifar10"})
+    with pytest.warns(AssumptionWarning, match="attention heads"):
+        assert load_checkpoint(path).model.config.vit["num_heads"] == 3
+    loaded = load_checkpoint(path, vit_heads=12)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.encode(x), backbone(x), rtol=0, atol=0)

@@ -134,6 +134,7 @@ def read_solo_learn_args(args_path: Path) -> dict[str, Any]:
         "proj_hidden_dim": method_kwargs.get("proj_hidden_dim"),
         "proj_output_dim": method_kwargs.get("proj_output_dim"),
         "name": args.get("name"),
+        "nested": isinstance(args.get("backbone"), Mapping),  # solo-learn >= 1.0.6 (omegaconf)
     }
 
 
@@ -169,8 +170,13 @@ def solo_learn(raw: Mapping, path: Path, args_json: Path | None) -> Layout:
     if name and str(name).startswith("vit"):
         hints.vit_arch = str(name)
         if str(method).lower() in ("mocov3", "mae") and name in ("vit_tiny", "vit_small"):
-            # solo-learn builds these from its vit_mocov3.py / vit_mae.py: 12 heads, not timm's 3 / 6
-            hints.vit_heads = 12
+            if args.get("nested") or str(method).lower() == "mae":
+                # solo-learn builds these from its vit_mocov3.py / vit_mae.py: 12 heads, not timm's 3 / 6
+                hints.vit_heads = 12
+            else:
+                # a flat args.json: releases <= 1.0.5 built MoCo v3's ViTs with timm's heads, master
+                # from July 2022 with 12; the weights cannot tell, so the heads are an assumption
+                hints.vit_arch = None
     elif name:
         if name not in RESNET_LAYOUTS:
             raise CheckpointError(
