@@ -216,3 +216,36 @@ def test_the_report_device_reaches_every_metric_computation(tmp_path, monkeypatc
     build_report(tmp_path / "runs", settings=settings, progress=False)
     assert ("evaluate", "cpu") in seen and ("evaluate_arrays", "cpu") in seen  # suite and raw pixels
     assert all(device == "cpu" for _, device in seen), seen
+
+
+def test_an_imagefolder_run_is_analysed_at_the_image_size_it_was_trained_on(tmp_path):
+    """The report loaded the run's data set without the image_size of its config.yaml, so an
+    imagefolder run trained on 8x8 crops was measured on its 12x12 originals (other features,
+    other normalisation statistics) under the same run and epoch labels."""
+    from PIL import Image
+
+    from clusterprobe import FeatureBank, load_checkpoint
+    from clusterprobe.data import load_dataset
+    from clusterprobe.extract import extract_features
+
+    rng = np.random.default_rng(0)
+    images = tmp_path / "images"
+    for split in ("train", "test"):
+        for label, name in enumerate(("ants", "bees")):
+            (images / split / name).mkdir(parents=True)
+            for i in range(12):
+                pixels = rng.integers(0, 256, size=(12, 12, 3)) // (1 + label)
+                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
+    run = tmp_path / "runs" / "resa"
+    for epoch in (0, 1):
+        save_checkpoint(run / "checkpoints" / f"epoch_{epoch:04d}.pt", tiny_model(in_channels=3, seed=epoch),
+                        epoch=epoch, method="resa", dataset="imagefolder", run="resa")
+    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: 8\n")
+    settings = ReportSettings(**{**FAST, "umap": False}, layers=("H",), per_class=False, pixels=False)
+    build_report(tmp_path / "runs", settings=settings, progress=False)
+    bank = FeatureBank.open(run / "features" / "test" / "epoch_0001")
+    expected = extract_features(load_checkpoint(run / "checkpoints" / "epoch_0001.pt"),
+                                load_dataset("imagefolder", images, split="test", image_size=8),
+                                tmp_path / "reference", layers=["H"], progress=False)
+    assert bank.meta["dataset"]["info"]["image_size"] == 8
+    np.testing.assert_allclose(bank["H"], expected["H"], atol=1e-6, rtol=0)

@@ -213,9 +213,12 @@ def _datasets_for(run: Run, settings: ReportSettings, cache: dict) -> tuple[str,
     if not name:
         raise ClusterprobeError("its data set is unknown (no config.yaml/args.json naming it); pass --dataset")
     root = settings.data_root or config.get("data_root")
-    key = (name, str(root))
+    # the run's own images at the size it was trained on (imagefolder runs record it)
+    image_size = config.get("image_size") if name == run.dataset else None
+    key = (name, str(root), image_size)
     if key not in cache:
-        cache[key] = {split: load_dataset(name, root=root, split=split) for split in ("train", "test")}
+        cache[key] = {split: load_dataset(name, root=root, split=split, image_size=image_size)
+                      for split in ("train", "test")}
     return name, cache[key]
 
 
@@ -498,7 +501,7 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
         from .pixels import pixel_reference
 
         overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
-        for (name, _root), data in data_cache.items():
+        for (name, *_), data in data_cache.items():
             bar.describe(f"raw pixels of {name}")
             try:
                 tables.append(pixel_reference(name, data, out / "cache" / f"pixels-{name}.csv", **overrides))
