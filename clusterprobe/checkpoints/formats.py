@@ -11,7 +11,8 @@ format     keys (after ``module.``/``_orig_mod.`` are stripped)  default branch 
 solo-learn ``backbone.*`` (older: ``encoder.*``), ``projector.*`` online              projector output (DINO: ``head.mlp`` output)
            ``momentum_*``, ``predictor.*`` + args.json
 resa       ``encoder.*``, ``projector.*``, ``momentum_encoder.*``, momentum            projector output after the affine-free BN
-           ``momentum_projector.*``, ``predictor.*``
+           ``momentum_projector.*``, ``predictor.*`` (a projector
+           not ending in an affine-free BN: a plain state dict)
 mocov3     ``base_encoder.*`` (projector in ``fc``/``head``),     online (base enc.)  projector output after the affine-free BN
            ``momentum_encoder.*``, ``predictor.*``
 swav       ResNet keys, ``projection_head.*``, ``prototypes.*``  online              projection head output, before L2 normalisation
