@@ -218,29 +218,38 @@ def test_the_report_device_reaches_every_metric_computation(tmp_path, monkeypatc
     assert all(device == "cpu" for _, device in seen), seen
 
 
+def make_image_folder(images, size=12, per_class=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("ants", "bees")):
+            (images / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size, 3)) // (1 + label)
+                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
+
+
+def make_imagefolder_run(run, images, image_size, method="resa"):
+    for epoch in (0, 1):
+        save_checkpoint(run / "checkpoints" / f"epoch_{epoch:04d}.pt", tiny_model(in_channels=3, seed=epoch),
+                        epoch=epoch, method=method, dataset="imagefolder", run=run.name)
+    (run / "config.yaml").write_text(f"method: {method}\ndataset: imagefolder\ndata_root: {images}\n"
+                                     f"image_size: {image_size}\n")
+    return run
+
+
 def test_an_imagefolder_run_is_analysed_at_the_image_size_it_was_trained_on(tmp_path):
     """The report loaded the run's data set without the image_size of its config.yaml, so an
     imagefolder run trained on 8x8 crops was measured on its 12x12 originals (other features,
     other normalisation statistics) under the same run and epoch labels."""
-    from PIL import Image
-
     from clusterprobe import FeatureBank, load_checkpoint
     from clusterprobe.data import load_dataset
     from clusterprobe.extract import extract_features
 
-    rng = np.random.default_rng(0)
     images = tmp_path / "images"
-    for split in ("train", "test"):
-        for label, name in enumerate(("ants", "bees")):
-            (images / split / name).mkdir(parents=True)
-            for i in range(12):
-                pixels = rng.integers(0, 256, size=(12, 12, 3)) // (1 + label)
-                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
-    run = tmp_path / "runs" / "resa"
-    for epoch in (0, 1):
-        save_checkpoint(run / "checkpoints" / f"epoch_{epoch:04d}.pt", tiny_model(in_channels=3, seed=epoch),
-                        epoch=epoch, method="resa", dataset="imagefolder", run="resa")
-    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: 8\n")
+    make_image_folder(images)
+    run = make_imagefolder_run(tmp_path / "runs" / "resa", images, 8)
     settings = ReportSettings(**{**FAST, "umap": False}, layers=("H",), per_class=False, pixels=False)
     build_report(tmp_path / "runs", settings=settings, progress=False)
     bank = FeatureBank.open(run / "features" / "test" / "epoch_0001")
@@ -249,3 +258,20 @@ def test_an_imagefolder_run_is_analysed_at_the_image_size_it_was_trained_on(tmp_
                                 tmp_path / "reference", layers=["H"], progress=False)
     assert bank.meta["dataset"]["info"]["image_size"] == 8
     np.testing.assert_allclose(bank["H"], expected["H"], atol=1e-6, rtol=0)
+
+
+def test_raw_pixel_references_of_one_data_set_at_two_image_sizes_are_told_apart(tmp_path):
+    """Two runs on the same images trained at different sizes have two raw-pixels references:
+    both were named 'raw pixels (imagefolder)', one label for two sets of numbers (the layer
+    comparison could not even place them)."""
+    images = tmp_path / "images"
+    make_image_folder(images)
+    make_imagefolder_run(tmp_path / "runs" / "small", images, 8)
+    make_imagefolder_run(tmp_path / "runs" / "large", images, 12, method="byol")
+    settings = ReportSettings(**{**FAST, "umap": False}, layers=("H",), per_class=False)
+    table = build_report(tmp_path / "runs", settings=settings, progress=False).table
+    pixels = table[table["method"] == "pixels"]
+    runs = set(pixels["run"])
+    assert len(runs) == 2 and len(pixels) == len(pixels.drop_duplicates(["run", "layer", "split", "metric"]))
+    for run in runs:  # each label says which size its numbers are of
+        assert ("8px" in run) != ("12px" in run), run

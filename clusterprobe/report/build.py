@@ -501,12 +501,16 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
         from .pixels import pixel_reference
 
         overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
-        for (name, *_), data in data_cache.items():
-            bar.describe(f"raw pixels of {name}")
+        sizes = [(name, size) for name, _root, size in data_cache]
+        for (name, root, size), data in data_cache.items():
+            # one label per reference: the same data set at another image size or from another root
+            label = name if size is None else f"{name} at {size}px"
+            label += f", {root}" if sizes.count((name, size)) > 1 else ""
+            bar.describe(f"raw pixels of {label}")
             try:
-                tables.append(pixel_reference(name, data, out / "cache" / f"pixels-{name}.csv", **overrides))
+                tables.append(pixel_reference(label, data, out / "cache" / f"pixels-{name}.csv", **overrides))
             except ClusterprobeError as error:
-                warnings.append(f"raw-pixels reference of {name} skipped: {error}")
+                warnings.append(f"raw-pixels reference of {label} skipped: {error}")
     return pd.concat(tables, ignore_index=True), test_banks
 
 
