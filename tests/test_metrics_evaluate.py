@@ -357,3 +357,36 @@ def test_unknown_sources_and_layers(tmp_path, run_dir):
         evaluate(run_dir, layers=["z"], cache=False)
     with pytest.raises(MetricsError, match="No banks"):
         evaluate(run_dir, epochs=[7])
+
+
+def test_cached_rows_are_not_returned_under_another_run_or_epoch(digits, tmp_path):
+    # the same arrays evaluated as run A epoch 1, then as run B epoch 5, with one cache file:
+    # the second table must be labelled B / 5, not carry the first call's labels
+    X, y = digits
+    cache = tmp_path / "m.csv"
+    first = evaluate_arrays(X, y, metrics="rankme", run="A", method="simclr", epoch=1, cache=cache)
+    second = evaluate_arrays(X, y, metrics="rankme", run="B", method="byol", epoch=5, cache=cache)
+    assert list(first.run) == ["A"] and list(first.epoch) == [1] and list(first.method) == ["simclr"]
+    assert list(second.run) == ["B"] and list(second.epoch) == [5] and list(second.method) == ["byol"]
+    assert value(second, "rankme", layer="features", split="train") == pytest.approx(rankme(X))
+    on_disk = pd.read_csv(cache)
+    assert sorted(on_disk.run) == ["A", "B"]
+    # and each is answered from the file under its own labels
+    again = evaluate_arrays(X, y, metrics="rankme", run="A", method="simclr", epoch=1, cache=cache)
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_the_reference_probe_seed_is_part_of_its_cache_key(digits, tmp_path):
+    # the reference protocol's initialisation and batch order are drawn with holdout_seed even
+    # with a separate test split; another seed must not be answered with the first seed's rows
+    X, y = digits
+    Xtr, ytr, Xte, yte = X[:1300], y[:1300], X[1300:], y[1300:]
+    cache = tmp_path / "m.csv"
+    options = dict(metrics="linear", probe="reference", probe_epochs=2)
+    evaluate_arrays(Xtr, ytr, Xte, yte, holdout_seed=0, cache=cache, **options)
+    cached = evaluate_arrays(Xtr, ytr, Xte, yte, holdout_seed=1, cache=cache, **options)
+    fresh = evaluate_arrays(Xtr, ytr, Xte, yte, holdout_seed=1, **options)
+    expected = linear_probe(Xtr, ytr, Xte, yte, protocol="reference", epochs=2, seed=1)
+    assert value(fresh, "linear_top1", layer="features") == pytest.approx(expected.top1)
+    assert value(cached, "linear_top1", layer="features") == pytest.approx(expected.top1)
+    assert json.loads(cached.settings.iloc[0])["holdout_seed"] == 1

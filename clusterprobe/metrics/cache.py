@@ -38,6 +38,10 @@ def unit_settings(unit: Unit, resolved: dict, holdout: bool) -> dict:
     chosen = {key: resolved[key] for key in keys}
     if unit.name == "linear" and resolved["probe"] == "lbfgs":
         chosen.pop("probe_epochs")  # only the reference protocol has epochs
+    if unit.name == "linear" and resolved["probe"] == "reference":
+        # the reference protocol draws its initialisation and batch order with holdout_seed,
+        # with or without a hold-out
+        chosen["holdout_seed"] = resolved["holdout_seed"]
     if unit.name == "knn" and resolved["knn"] != "weighted-cosine":
         chosen.pop("knn_temperature")
     return chosen
@@ -70,7 +74,9 @@ def _data_key(row: MetricRow) -> tuple:
 
 
 def _lookup_key(row: MetricRow) -> tuple:
-    return (row.data_id, row.layer, row.split, row.unit, row.settings_hash)
+    # run, method and epoch too: the same data evaluated under other labels (arrays passed again
+    # with another run=/epoch=) must not come back with the labels of the rows cached first
+    return (row.data_id,) + _row_key(row)
 
 
 # -- the file ---------------------------------------------------------------------------------
@@ -99,11 +105,13 @@ class MetricsCache:
             return []
         return from_frame(frame)
 
-    def lookup(self, data_id: str, layer: str, split: str, unit: str, settings_hash: str) -> list[MetricRow] | None:
-        """Cached rows for this exact data and settings, or None."""
+    def lookup(self, data_id: str, layer: str, split: str, unit: str, settings_hash: str, *, run: str = "",
+               method: str = "", epoch: int | None = None) -> list[MetricRow] | None:
+        """Cached rows for this exact data and settings, labelled ``run``, ``method``, ``epoch``, or None."""
         if not data_id:
             return None
-        return self._index.get((data_id, layer, split, unit, settings_hash))
+        epoch = "" if missing(epoch) else int(epoch)
+        return self._index.get((data_id, run, method, epoch, layer, split, unit, settings_hash))
 
     def add(self, rows: list[MetricRow]) -> None:
         self.new.extend(rows)

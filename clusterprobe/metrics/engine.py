@@ -229,7 +229,8 @@ class _LayerJob:
     def _cached(self, data_id: str, split: str, unit: Unit, h: str) -> list[MetricRow] | None:
         if self.recompute:
             return None
-        return self.cache.lookup(data_id, self.layer, split, unit.name, h)
+        return self.cache.lookup(data_id, self.layer, split, unit.name, h, run=self.group.run,
+                                 method=self.group.method, epoch=self.group.epoch)
 
     def split_rows(self, split: str, units: list[Unit]) -> list[MetricRow]:
         """Per-split metrics (clustering, silhouette, RankMe) of one split."""
