@@ -390,3 +390,14 @@ def test_the_reference_probe_seed_is_part_of_its_cache_key(digits, tmp_path):
     assert value(fresh, "linear_top1", layer="features") == pytest.approx(expected.top1)
     assert value(cached, "linear_top1", layer="features") == pytest.approx(expected.top1)
     assert json.loads(cached.settings.iloc[0])["holdout_seed"] == 1
+
+
+def test_swapped_train_and_evaluated_banks_are_refused(run_dir):
+    # evaluate(train_bank, train=test_bank) labelled the train bank's rows 'test' and the test
+    # bank's 'train', and fitted the probes on the test split: refused, the right order still works
+    train_bank = run_dir / "features" / "train" / "epoch_0002"
+    test_bank = run_dir / "features" / "test" / "epoch_0002"
+    with pytest.raises(MetricsError, match="swapped"):
+        evaluate(train_bank, train=test_bank, metrics="rankme,linear", layers=["H"], cache=False)
+    table = evaluate(test_bank, train=train_bank, metrics="rankme", layers=["H"], cache=False)
+    assert dict(zip(table.split, table.n)) == {"train": 1300, "test": 497}

@@ -325,6 +325,16 @@ def groups_from_source(
                     f"train= is the same bank as the one evaluated ({bank.path}); pass the train "
                     "split's bank, or leave train out for a hold-out split."
                 )
+            # the rows are labelled 'train' and 'test' by role: a train= bank recorded as another
+            # split (the two banks swapped) would have its rows labelled 'train' and the train
+            # bank's 'test', and the probes fit on the test split
+            recorded = (train_bank.meta.get("dataset") or {}).get("split")
+            if recorded is not None and str(recorded) != "train":
+                raise MetricsError(
+                    f"train= is a bank of the {recorded!r} split ({train_bank.path}), and the evaluated "
+                    f"bank's split is {split!r}: pass the train split's bank as train= and the bank to "
+                    "score as the source (were the two swapped?)."
+                )
             banks = {"train": train_bank, (split if split != "train" else "test"): bank}
         if splits:
             banks = {s: b for s, b in banks.items() if s in splits}
