@@ -401,3 +401,15 @@ def test_swapped_train_and_evaluated_banks_are_refused(run_dir):
         evaluate(train_bank, train=test_bank, metrics="rankme,linear", layers=["H"], cache=False)
     table = evaluate(test_bank, train=train_bank, metrics="rankme", layers=["H"], cache=False)
     assert dict(zip(table.split, table.n)) == {"train": 1300, "test": 497}
+
+
+def test_names_that_look_like_missing_values_survive_the_cache(digits, tmp_path):
+    # a run 'None', method 'null', layer 'NA' were read back from the CSV as empty names: the
+    # cached rows were never found again (one more row in the file at every call)
+    X, y = digits
+    cache = tmp_path / "m.csv"
+    first = evaluate_arrays({"NA": X}, y, metrics="rankme", run="None", method="null", cache=cache)
+    again = evaluate_arrays({"NA": X}, y, metrics="rankme", run="None", method="null", cache=cache)
+    pd.testing.assert_frame_equal(again, first)
+    on_disk = pd.read_csv(cache, keep_default_na=False)
+    assert len(on_disk) == 1 and list(on_disk.run) == ["None"] and list(on_disk.layer) == ["NA"]

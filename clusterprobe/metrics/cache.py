@@ -96,7 +96,10 @@ class MetricsCache:
         if self.path is None or not self.path.exists():
             return []
         try:
-            frame = pd.read_csv(self.path, dtype={c: str for c in STR_COLUMNS}, keep_default_na=True)
+            # only empty cells are missing: pandas' default NA strings would turn a run, method or
+            # layer named 'None', 'NA', 'null' or 'nan' into '' (never found again, or relabelled)
+            frame = pd.read_csv(self.path, dtype={c: str for c in STR_COLUMNS}, keep_default_na=False,
+                                na_values=[""])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as exc:
             warnings.warn(f"Ignoring the unreadable metrics cache {self.path} ({exc}); it will be rewritten.")
             return []
