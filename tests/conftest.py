@@ -125,7 +125,8 @@ def solo_checkpoint(tmp_path):
     folder = tmp_path / "trained_models" / "vicreg" / "abc123"
     folder.mkdir(parents=True)
     path = folder / "vicreg-cifar10-abc123-ep=7.ckpt"
-    torch.save({"epoch": 7, "global_step": 700, "pytorch-lightning_version": "2.1.0",
+    # saved at the end of Lightning's 0-based epoch 7, i.e. after 8 epochs of 100 steps
+    torch.save({"epoch": 7, "global_step": 800, "pytorch-lightning_version": "2.1.0",
                 "state_dict": solo_learn_state(online, momentum)}, path)
     args = {"name": "vicreg-cifar10", "method": "vicreg", "backbone": {"name": "resnet18", "kwargs": {}},
             "method_kwargs": {"proj_hidden_dim": 64, "proj_output_dim": 32},

@@ -38,11 +38,20 @@ def test_own_checkpoint_without_momentum_branch(tmp_path, model):
 def test_solo_learn_checkpoint(solo_checkpoint):
     path, online, momentum = solo_checkpoint
     loaded = load_checkpoint(path)
-    assert (loaded.format, loaded.method, loaded.dataset, loaded.epoch) == ("solo-learn", "vicreg", "cifar10", 7)
+    # ep=7 is Lightning's 0-based index of the epoch just finished: 8 epochs of training done
+    assert (loaded.format, loaded.method, loaded.dataset, loaded.epoch) == ("solo-learn", "vicreg", "cifar10", 8)
+    assert loaded.step == 800
     assert loaded.model.backbone.conv1.padding == (2, 2)  # solo-learn's CIFAR stem
     assert loaded.model.layer_dims() == {"H": 512, "P0": 64, "P1": 64, "Z": 32}
     same_outputs(loaded.model, online, X3)
     same_outputs(load_checkpoint(path, branch="momentum").model, momentum, X3)
+
+
+def test_solo_learn_epoch_without_the_file_name_comes_from_lightning(tmp_path, solo_checkpoint):
+    path, _, _ = solo_checkpoint
+    renamed = path.with_name("last.ckpt")
+    renamed.write_bytes(path.read_bytes())
+    assert load_checkpoint(renamed).epoch == 8  # Lightning's "epoch": 7, saved at that epoch's end
 
 
 def test_solo_learn_flat_args_json_and_prefixes(tmp_path, solo_checkpoint):
@@ -54,7 +63,7 @@ def test_solo_learn_flat_args_json_and_prefixes(tmp_path, solo_checkpoint):
     (tmp_path / "flat" / "args.json").write_text(json.dumps(
         {"method": "vicreg", "backbone": "resnet18", "dataset": "cifar100", "proj_output_dim": 32}))
     loaded = load_checkpoint(tmp_path / "flat" / "x-ep=2.ckpt")
-    assert loaded.epoch == 2 and loaded.dataset == "cifar100"
+    assert loaded.epoch == 3 and loaded.dataset == "cifar100"  # ep=2: Lightning's third epoch, done
     same_outputs(loaded.model, online, X3)
 
 

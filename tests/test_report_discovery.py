@@ -17,7 +17,7 @@ def test_own_and_solo_learn_runs_sorted_by_parsed_epoch(tmp_path):
         touch_checkpoint(tmp_path / "resa" / "checkpoints" / f"epoch_{epoch:04d}.pt")
     (tmp_path / "resa" / "config.yaml").write_text("method: resa\ndataset: digits\n")
     solo = tmp_path / "solo" / "byol" / "v1"
-    for epoch in (9, 10, 100):
+    for epoch in (0, 9, 10, 99):
         touch_checkpoint(solo / f"byol-cifar10-v1-ep={epoch}.ckpt")
     (solo / "args.json").write_text(json.dumps({"method": "byol", "backbone": {"name": "resnet18"},
                                                  "data": {"dataset": "cifar10"}}))
@@ -25,8 +25,11 @@ def test_own_and_solo_learn_runs_sorted_by_parsed_epoch(tmp_path):
     assert [r.name for r in runs] == ["resa", "solo-byol-v1"] and warnings == []
     resa, byol = runs
     assert resa.epochs == [1, 2, 10, 100] and resa.method == "resa" and resa.dataset == "digits"
-    assert byol.epochs == [9, 10, 100] and byol.kind == "solo-learn" and byol.dataset == "cifar10"
-    assert byol.checkpoints[100].name == "byol-cifar10-v1-ep=100.ckpt"
+    # solo-learn names a file by Lightning's 0-based index of the epoch just finished: ep=0 holds
+    # one epoch of training (not the initialisation), ep=99 the hundredth
+    assert byol.epochs == [1, 10, 11, 100] and byol.kind == "solo-learn" and byol.dataset == "cifar10"
+    assert byol.checkpoints[100].name == "byol-cifar10-v1-ep=99.ckpt"
+    assert byol.checkpoints[1].name == "byol-cifar10-v1-ep=0.ckpt" and 0 not in byol.checkpoints
 
 
 def test_runs_without_checkpoints_are_reported_and_skipped(tmp_path):

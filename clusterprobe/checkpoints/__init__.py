@@ -22,7 +22,7 @@ from ..io import sha256_file
 from ..models.heads import ACTIVATIONS
 from .assemble import Hints, Parts, assemble, infer_backbone_config, strip_prefixes
 from .files import KNOWN_FORMATS, MissingObject, read_checkpoint_file
-from .formats import Layout, read_solo_learn_args, recognise
+from .formats import Layout, read_solo_learn_args, recognise, solo_learn_epoch
 from .loaded import BRANCHES, LoadedCheckpoint, canonical_branch, check_branch_name, pick_branch
 from .own import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, load_own, save_checkpoint
 
@@ -37,6 +37,7 @@ __all__ = [
     "read_checkpoint_file",
     "read_solo_learn_args",
     "save_checkpoint",
+    "solo_learn_epoch",
     "strip_prefixes",
 ]
 

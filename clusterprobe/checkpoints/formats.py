@@ -109,6 +109,23 @@ def _encoder(state: Mapping[str, torch.Tensor], prefix: str, drop: tuple[str, ..
 
 # ---------------------------------------------------------------------------------------------
 # solo-learn
+_SOLO_EPOCH = re.compile(r"-ep=(\d+)\.ckpt$")
+
+
+def solo_learn_epoch(name: str) -> int | None:
+    """Epochs of training behind the solo-learn checkpoint file ``name`` (``...-ep=N.ckpt``), or None.
+
+    solo-learn's ``Checkpointer`` saves at the end of each training epoch and names the file with
+    Lightning's 0-based ``trainer.current_epoch`` of the epoch just finished
+    (``solo/utils/checkpointer.py``): ``ep=0`` holds the weights after one epoch, ``ep=N`` after
+    N + 1. clusterprobe counts epochs done (its own ``epoch_0000.pt`` is the initialisation, and
+    the other code bases save ``epoch + 1``), so this returns N + 1: a solo-learn run then sits on
+    the same epoch axis as the others, and its first file is never taken for the initialisation.
+    """
+    match = _SOLO_EPOCH.search(name)
+    return int(match.group(1)) + 1 if match else None
+
+
 def read_solo_learn_args(args_path: Path) -> dict[str, Any]:
     """Read solo-learn's args.json, old flat layout or newer nested (hydra) layout alike.
 
@@ -202,10 +219,9 @@ def solo_learn(raw: Mapping, path: Path, args_json: Path | None) -> Layout:
                 f"args.json says the projector outputs {out}-d but the weights in {path} give "
                 f"{int(linears[-1][1].shape[0])}-d; the checkpoint and args.json do not belong together."
             )
-    epoch = _int(raw.get("epoch"))
-    match = re.search(r"ep=(\d+)", path.name)
-    if match:
-        epoch = int(match.group(1))
+    epoch = solo_learn_epoch(path.name)
+    if epoch is None and _int(raw.get("epoch")) is not None:
+        epoch = _int(raw.get("epoch")) + 1  # Lightning's 0-based current_epoch, saved at its end
     return Layout("solo-learn", branches, "online", hints, Z_DINO if dino_head else Z_PROJECTOR,
                   ["branches: online = backbone/projector, momentum = momentum_backbone/momentum_projector "
                    "(solo-learn's linear evaluation uses the online backbone)"],

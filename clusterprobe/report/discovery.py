@@ -7,20 +7,20 @@ Two kinds of run are recognised anywhere below the folder:
 - **solo-learn runs**: a directory holding ``*-ep=N.ckpt`` files and the ``args.json`` solo-learn
   writes beside them.
 
-Epochs are parsed from the file names and sorted numerically, never by directory order.
+Epochs are parsed from the file names and sorted numerically, never by directory order. They
+count epochs of training done: solo-learn's ``ep=N`` (Lightning's 0-based index of the epoch just
+finished) is epoch N + 1 (:func:`clusterprobe.checkpoints.solo_learn_epoch`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ClusterprobeError
 from ..runs import CHECKPOINT_DIR, CONFIG_NAME, RunLayout
 
-_SOLO_EPOCH = re.compile(r"-ep=(\d+)\.ckpt$")
 
 
 @dataclass
@@ -69,10 +69,10 @@ def _own_run(run_dir: Path, root: Path, warnings: list[str]) -> Run:
 
 
 def _solo_run(folder: Path, root: Path) -> Run:
-    from ..checkpoints import read_solo_learn_args
+    from ..checkpoints import read_solo_learn_args, solo_learn_epoch
 
     args = read_solo_learn_args(folder / "args.json") if (folder / "args.json").exists() else {}
-    checkpoints = {int(m.group(1)): p for p in folder.iterdir() if (m := _SOLO_EPOCH.search(p.name))}
+    checkpoints = {epoch: p for p in folder.iterdir() if (epoch := solo_learn_epoch(p.name)) is not None}
     return Run(
         name=_run_name(folder, root),
         path=folder,
