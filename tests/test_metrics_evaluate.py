@@ -413,3 +413,21 @@ def test_names_that_look_like_missing_values_survive_the_cache(digits, tmp_path)
     pd.testing.assert_frame_equal(again, first)
     on_disk = pd.read_csv(cache, keep_default_na=False)
     assert len(on_disk) == 1 and list(on_disk.run) == ["None"] and list(on_disk.layer) == ["NA"]
+
+
+def test_banks_of_another_checkpoint_are_refused_even_without_probes(run_dir, digits):
+    # evaluate(test_bank, train=bank_of_epoch_10, metrics='rankme') labelled the epoch-2 test
+    # features' rows epoch 10 (the group took its epoch from the train bank); the checkpoint
+    # check ran only when probes were asked for
+    X, y = digits
+    other = dict(CHECKPOINT, epoch=10, sha256="cd" * 32, path="/runs/demo/checkpoints/epoch_0010.pt")
+    late_train = run_dir / "features" / "train" / "epoch_0010"
+    write_bank(late_train, X[:1300], y[:1300], "train", checkpoint=other)
+    test_bank = run_dir / "features" / "test" / "epoch_0002"
+    with pytest.raises(MetricsError, match="different checkpoints"):
+        evaluate(test_bank, train=late_train, metrics="rankme", layers=["H"], cache=False)
+    # the same in a run directory whose epoch folder holds banks of two checkpoints
+    misplaced = run_dir / "features" / "train" / "epoch_0002"
+    write_bank(misplaced, X[:1300], y[:1300], "train", checkpoint=other, overwrite=True)
+    with pytest.raises(MetricsError, match="different checkpoints"):
+        evaluate(run_dir, metrics="rankme", epochs=[2], cache=False)

@@ -195,6 +195,21 @@ def _differs(a: dict, b: dict, key: str) -> bool:
     return a.get(key) is not None and b.get(key) is not None and a.get(key) != b.get(key)
 
 
+def check_same_checkpoint(train: SplitData, test: SplitData) -> None:
+    """Refuse two splits recorded as features of different checkpoints (sha256, else path and
+    epoch; and the branch): one group is one model state, its rows labelled with one run/epoch."""
+    ck_a, ck_b = train.checkpoint(), test.checkpoint()
+    identity = ("sha256", "branch") if ck_a.get("sha256") and ck_b.get("sha256") else ("path", "epoch", "branch")
+    for key in identity:
+        if _differs(ck_a, ck_b, key):
+            raise MetricsError(
+                f"The {train.split} and {test.split} features come from different checkpoints ({key}: "
+                f"{ck_a[key]!r} in {train.name}, {ck_b[key]!r} in {test.name}). They are evaluated as one "
+                "model state (its run and epoch label every row; probes fit on one split and score on "
+                "the other): extract the other split again from the same checkpoint."
+            )
+
+
 def check_pair(train: SplitData, test: SplitData, layers: Sequence[str]) -> None:
     """Refuse train/test data that do not belong together.
 
@@ -202,15 +217,8 @@ def check_pair(train: SplitData, test: SplitData, layers: Sequence[str]) -> None
     branch (online/momentum), the architecture it was rebuilt as, the data set, the set of layers, each layer's definition and
     dimension. Raises :class:`MetricsError` naming the difference and the fix.
     """
+    check_same_checkpoint(train, test)
     ck_a, ck_b = train.checkpoint(), test.checkpoint()
-    identity = ("sha256", "branch") if ck_a.get("sha256") and ck_b.get("sha256") else ("path", "epoch", "branch")
-    for key in identity:
-        if _differs(ck_a, ck_b, key):
-            raise MetricsError(
-                f"The train and test features come from different checkpoints ({key}: "
-                f"{ck_a[key]!r} in {train.name}, {ck_b[key]!r} in {test.name}). Probes need both "
-                "splits extracted from the same checkpoint: extract the other split again from it."
-            )
     if _differs(ck_a, ck_b, "model_config"):
         raise MetricsError(
             f"The train and test features come from the same checkpoint rebuilt as different "
@@ -267,6 +275,9 @@ def group_from_banks(banks: dict[str, FeatureBank], run_hint: str = "") -> Group
     """A group from ``{split: bank}`` of one checkpoint; run and method come from bank metadata."""
     any_bank = next(iter(banks.values()))
     splits = {split: BankSplit(bank, split) for split, bank in banks.items()}
+    first = next(iter(splits.values()))
+    for other in list(splits.values())[1:]:  # the run and epoch below are the first bank's
+        check_same_checkpoint(first, other)
     train, evaluation = pick_roles(splits)
     epoch = epoch_of(any_bank)
     run = str(_provenance(any_bank, "run") or run_hint or "")
