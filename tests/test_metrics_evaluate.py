@@ -431,3 +431,15 @@ def test_banks_of_another_checkpoint_are_refused_even_without_probes(run_dir, di
     write_bank(misplaced, X[:1300], y[:1300], "train", checkpoint=other, overwrite=True)
     with pytest.raises(MetricsError, match="different checkpoints"):
         evaluate(run_dir, metrics="rankme", epochs=[2], cache=False)
+
+
+def test_two_bank_folders_of_one_epoch_are_refused(run_dir, digits):
+    # a copy of an epoch's banks under another folder name (epoch_0002.bak) made a second group
+    # with the same run and epoch: two sets of rows with identical labels
+    import shutil
+
+    for split in ("train", "test"):
+        folder = run_dir / "features" / split
+        shutil.copytree(folder / "epoch_0002", folder / "epoch_0002.bak")
+    with pytest.raises(MetricsError, match="both hold run 'demo', epoch 2"):
+        evaluate(run_dir, metrics="rankme", cache=False)

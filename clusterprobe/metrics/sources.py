@@ -364,7 +364,8 @@ def groups_from_source(
         )
     wanted_epochs = None if epochs is None else set(epochs)
     groups = []
-    for by_split in found.values():
+    seen: dict[tuple, str] = {}  # (run, method, epoch) -> the folder whose banks it labels
+    for folder, by_split in found.items():
         if splits:
             by_split = {s: p for s, p in by_split.items() if s in splits}
         if not by_split:
@@ -372,6 +373,14 @@ def groups_from_source(
         group = group_from_banks({s: FeatureBank.open(p) for s, p in by_split.items()}, run_hint=path.name)
         if wanted_epochs is not None and group.epoch not in wanted_epochs:
             continue
+        key = (group.run, group.method, group.epoch)
+        if key in seen:  # their rows would carry the same labels (and displace each other in the cache)
+            raise MetricsError(
+                f"The bank folders {seen[key]!r} and {folder!r} under {path / FEATURES_DIR} both hold run "
+                f"{group.run!r}, epoch {group.epoch}: their rows could not be told apart. Remove or move "
+                "the extra copy, or pass epochs= to choose."
+            )
+        seen[key] = folder
         groups.append(group)
     if not groups:
         raise MetricsError(f"No banks in {path} match splits={splits} and epochs={epochs}.")
