@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter, bank_dtype, float16_overflow, float16_refusal, lock_bank
-from .checkpoints import LoadedCheckpoint, load_checkpoint
+from .checkpoints import LoadedCheckpoint, canonical_branch, load_checkpoint
 from .data import DATASETS, LabeledImageDataset, describe_transform, load_dataset, loader_batches
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
@@ -531,13 +531,18 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
 def default_bank_path(checkpoint: LoadedCheckpoint, dataset_name: str, split: str) -> Path:
     """Where a checkpoint's bank goes by default.
 
-    For a run directory's ``<run>/checkpoints/epoch_0010.pt``: ``<run>/features/<split>/epoch_0010``
-    (``<run>/features/<dataset>-<split>/...`` for a data set other than the run's). Elsewhere:
+    For a run directory's ``<run>/checkpoints/epoch_0010.pt``: ``<run>/features/<split>/epoch_0010``;
+    on a data set other than the run's, or of a branch other than the checkpoint's default, in
+    ``<run>/analyses/<dataset>-<branch>/features/...`` (:meth:`RunLayout.variant`, where the report
+    keeps them too), so that the run's own metrics never take them for its own. Elsewhere:
     ``<checkpoint folder>/features/<checkpoint name>/<dataset>-<split>``.
     """
     path = checkpoint.path
     run = run_of_checkpoint(path)
     if run is not None:
-        same = checkpoint.dataset in (None, dataset_name)
-        return run.bank_path(split, parse_epoch(path.name, ".pt"), None if same else dataset_name)
+        other = None if checkpoint.dataset in (None, dataset_name) else dataset_name
+        branch = canonical_branch(checkpoint.branch)
+        if checkpoint.default_branch is None or canonical_branch(checkpoint.default_branch) == branch:
+            branch = None
+        return run.variant(other, branch).bank_path(split, parse_epoch(path.name, ".pt"))
     return path.parent / FEATURES_DIR / path.stem / f"{dataset_name}-{split}"

@@ -9,7 +9,7 @@ reads it::
       last.pt                        newest resume state when it is not a checkpoint epoch
       log.csv, epochs.csv            per-step and per-epoch training logs
       tensorboard/                   optional
-      features/<split>/epoch_XXXX/   feature banks (``<dataset>-<split>`` for another data set)
+      features/<split>/epoch_XXXX/   feature banks (another data set or branch: analyses/<dataset>-<branch>/)
       metrics.csv                    the metrics cache
 
 Epoch numbers are written zero-padded to four digits and parsed back as integers (any number of
@@ -28,6 +28,7 @@ from .errors import ClusterprobeError
 CONFIG_NAME = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 FEATURES_DIR = "features"
+ANALYSES_DIR = "analyses"
 METRICS_NAME = "metrics.csv"
 LAST_NAME = "last.pt"
 
@@ -112,11 +113,20 @@ class RunLayout:
                 found[epoch] = entry
         return dict(sorted(found.items()))
 
-    def bank_path(self, split: str, epoch: int, dataset: str | None = None) -> Path:
-        """``features/<split>/epoch_XXXX``; ``features/<dataset>-<split>/...`` when ``dataset``
-        is given (a data set other than the run's own)."""
-        folder = split if dataset is None else f"{dataset}-{split}"
-        return self.features_dir / folder / epoch_name(epoch)
+    def bank_path(self, split: str, epoch: int) -> Path:
+        """``features/<split>/epoch_XXXX``."""
+        return self.features_dir / split / epoch_name(epoch)
+
+    def variant(self, dataset: str | None = None, branch: str | None = None) -> "RunLayout":
+        """Where this run's checkpoints are analysed on another ``dataset`` and/or as another
+        ``branch`` than its own: ``<run>/analyses/<dataset>-<branch>/`` (with its own
+        ``features/`` and ``metrics.csv``); this layout itself when neither is given.
+
+        The metrics of a run read every bank under its ``features/`` as that run's, so banks of
+        other data or of another branch must live apart, or they would be measured and labelled
+        as the run's own. ``clusterprobe extract`` and the report both place them here."""
+        name = "-".join(part for part in (dataset, branch) if part)
+        return RunLayout(self.path / ANALYSES_DIR / name) if name else self
 
     def read_config(self) -> dict[str, Any]:
         """The run's ``config.yaml`` as a plain mapping ({} when there is none).

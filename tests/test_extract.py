@@ -249,3 +249,23 @@ def test_an_in_memory_model_in_training_mode_is_left_in_training_mode(tmp_path):
     x = torch.stack([data[i][0] for i in range(len(data))])
     with torch.no_grad():
         np.testing.assert_allclose(bank["H"], model.encode(x).numpy(), atol=1e-6, rtol=0)  # eval-mode features
+
+
+def test_another_branch_or_data_set_of_a_run_goes_to_its_analyses_folder(own_checkpoint):
+    """The run's metrics read every bank under <run>/features as the run's own (its default
+    branch, its data set), so extract puts a bank of the other branch, or of another data set,
+    where the report keeps them: <run>/analyses/<dataset>-<branch>/features/..."""
+    from clusterprobe import evaluate
+
+    path, _, momentum = own_checkpoint
+    run = path.parent.parent
+    own = extract_features(path, layers=["H"], progress=False)  # ReSA: the momentum branch
+    assert own.path == run / "features" / "test" / "epoch_0003" and own.meta["checkpoint"]["branch"] == "momentum"
+    online = extract_features(load_checkpoint(path, branch="online"), layers=["H"], progress=False)
+    assert online.path == run / "analyses" / "online" / "features" / "test" / "epoch_0003"
+    assert not np.array_equal(online["H"], own["H"])
+    same = extract_features(load_checkpoint(path, branch="momentum"), layers=["H"], progress=False)
+    assert same.path == own.path  # the default branch named: the run's own bank, reused
+    table = evaluate(run, layers=["H"], metrics=["rankme"], cache=False)
+    assert set(table["split"]) == {"test"} and set(table["epoch"]) == {3}
+    assert len(table) == 1  # only the run's own bank: the online one is not measured as the run's

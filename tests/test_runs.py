@@ -22,7 +22,10 @@ def test_names_round_trip_and_sort_as_numbers(tmp_path):
     (layout.checkpoint_dir / "notes.txt").write_text("")
     assert list(layout.checkpoints()) == [0, 2, 9999, 10000]
     assert layout.bank_path("test", 3) == tmp_path / "run" / "features" / "test" / "epoch_0003"
-    assert layout.bank_path("train", 3, "cifar100") == tmp_path / "run" / "features" / "cifar100-train" / "epoch_0003"
+    other = layout.variant("cifar100", "online")
+    assert other.bank_path("train", 3) == tmp_path / "run" / "analyses" / "cifar100-online" / "features" / "train" / "epoch_0003"
+    assert layout.variant("cifar100").metrics_path == tmp_path / "run" / "analyses" / "cifar100" / "metrics.csv"
+    assert layout.variant() is layout
     assert run_of_checkpoint(layout.checkpoint_path(2)).path == layout.path
     assert run_of_checkpoint(tmp_path / "model.pt") is None
 

@@ -201,9 +201,7 @@ def _layout(run: Run, out: Path, other_dataset: str | None, branch: str | None) 
     """Where the report keeps a run's banks and metrics. Analyses on another data set or of a
     named branch get a folder of their own (``<root>/analyses/<data set>-<branch>/``): the metrics
     read every bank under a layout, so sharing one would mix them under one label."""
-    variant = "-".join(part for part in (other_dataset, branch and canonical_branch(branch)) if part)
-    root = _cache_root(run, out)
-    return RunLayout(root / "analyses" / variant if variant else root)
+    return RunLayout(_cache_root(run, out)).variant(other_dataset, branch and canonical_branch(branch))
 
 
 def _datasets_for(run: Run, settings: ReportSettings, cache: dict) -> tuple[str, dict[str, LabeledImageDataset]]:
