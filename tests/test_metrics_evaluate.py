@@ -443,3 +443,28 @@ def test_two_bank_folders_of_one_epoch_are_refused(run_dir, digits):
         shutil.copytree(folder / "epoch_0002", folder / "epoch_0002.bak")
     with pytest.raises(MetricsError, match="both hold run 'demo', epoch 2"):
         evaluate(run_dir, metrics="rankme", cache=False)
+
+
+def test_an_epoch_left_out_is_not_checked(run_dir, digits):
+    # the report skips an epoch whose banks it could not make (e.g. its folder holds another
+    # checkpoint's bank) and evaluates the others with epochs=[...]: the skipped folder must not
+    # stop them
+    X, y = digits
+    other = dict(CHECKPOINT, epoch=10, sha256="cd" * 32, path="/elsewhere/checkpoints/epoch_0003.pt")
+    write_bank(run_dir / "features" / "test" / "epoch_0003", X[1300:], y[1300:], "test", checkpoint=other)
+    write_bank(run_dir / "features" / "train" / "epoch_0003", X[:1300], y[:1300], "train",
+               checkpoint=dict(CHECKPOINT, epoch=3, sha256="ef" * 32))
+    table = evaluate(run_dir, metrics="rankme", layers=["H"], epochs=[2], cache=False)
+    assert set(table["epoch"]) == {2} and len(table) == 2
+    with pytest.raises(MetricsError, match="different checkpoints"):
+        evaluate(run_dir, metrics="rankme", layers=["H"], epochs=[3], cache=False)
+
+
+def test_options_that_do_not_apply_to_the_source_are_refused(run_dir):
+    # epochs= with a single bank, and train= with a run directory, were silently ignored
+    test_bank = run_dir / "features" / "test" / "epoch_0002"
+    with pytest.raises(MetricsError, match="holds epoch 2"):
+        evaluate(test_bank, metrics="rankme", epochs=[5], cache=False)
+    assert set(evaluate(test_bank, metrics="rankme", epochs=[2], cache=False)["epoch"]) == {2}
+    with pytest.raises(MetricsError, match="paired by epoch"):
+        evaluate(run_dir, train=run_dir / "features" / "train" / "epoch_0002", metrics="rankme", cache=False)

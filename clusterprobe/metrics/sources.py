@@ -352,10 +352,22 @@ def groups_from_source(
             if not banks:
                 raise MetricsError(f"splits={list(splits)} leaves none of the banks given ({split}).")
         in_run = bank.path.parent.parent.name == FEATURES_DIR  # <run>/features/<split>/<epoch>
-        return [group_from_banks(banks, run_hint=bank.path.parents[2].name if in_run else "")]
+        group = group_from_banks(banks, run_hint=bank.path.parents[2].name if in_run else "")
+        if epochs is not None and group.epoch not in set(epochs):
+            raise MetricsError(
+                f"epochs={list(epochs)} was given, but the bank {bank.path} holds epoch {group.epoch}: "
+                "pass a run directory to choose among its epochs, or leave epochs out."
+            )
+        return [group]
     path = Path(source)
     if not path.exists():
         raise FeatureBankError(f"{path} does not exist; pass a feature bank directory or a run directory.")
+    if train is not None:
+        raise MetricsError(
+            f"train= was given with the run directory {path}, whose banks are paired by epoch "
+            "(features/train/epoch_XXXX with features/test/epoch_XXXX): pass a bank as the source "
+            "to pair it with train=, or leave train out."
+        )
     found = find_banks(path)
     if not found:
         raise FeatureBankError(
@@ -370,9 +382,12 @@ def groups_from_source(
             by_split = {s: p for s, p in by_split.items() if s in splits}
         if not by_split:
             continue
-        group = group_from_banks({s: FeatureBank.open(p) for s, p in by_split.items()}, run_hint=path.name)
-        if wanted_epochs is not None and group.epoch not in wanted_epochs:
+        banks = {s: FeatureBank.open(p) for s, p in by_split.items()}
+        # the epoch filter first: a folder left out is not checked (the report skips an epoch
+        # whose banks could not be made, e.g. one holding another checkpoint's bank)
+        if wanted_epochs is not None and not any(epoch_of(b) in wanted_epochs for b in banks.values()):
             continue
+        group = group_from_banks(banks, run_hint=path.name)
         key = (group.run, group.method, group.epoch)
         if key in seen:  # their rows would carry the same labels (and displace each other in the cache)
             raise MetricsError(
