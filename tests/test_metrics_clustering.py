@@ -130,6 +130,24 @@ def test_kmeans_rejects_bad_input(digits):
         kmeans(bad, 10)
 
 
+def test_features_whose_squared_distances_overflow_are_refused(digits):
+    """Finite but huge features (a diverged checkpoint): FAISS's float32 squared distances
+    overflow, which gave a wrong majority-Euclidean kNN accuracy (0.34 instead of ~0.97) and an
+    uncaught C++ error that ended the process in raw k-means. Refused, naming the magnitude."""
+    from clusterprobe.metrics import knn_accuracy
+
+    X, y = digits
+    huge = X * np.float32(1e18)  # digits' pixels go up to 16: values up to 1.6e19
+    with pytest.raises(MetricsError, match="up to 1.6e\\+19 in magnitude.*overflow float32"):
+        knn_accuracy(huge[:1500], y[:1500], huge[1500:], y[1500:], protocol="majority-euclidean")
+    with pytest.raises(MetricsError, match="overflow float32"):
+        kmeans(huge, 10, normalize=False)
+    large = X * np.float32(1e15)  # below the limit for 64 dimensions (5.8e17): measured as usual
+    expected = knn_accuracy(X[:1500], y[:1500], X[1500:], y[1500:], protocol="majority-euclidean").top1
+    got = knn_accuracy(large[:1500], y[:1500], large[1500:], y[1500:], protocol="majority-euclidean").top1
+    assert expected > 0.9 and got == pytest.approx(expected, abs=0.01)
+
+
 # -- agreement with ground truth ------------------------------------------------------------------
 def test_nmi_and_ari_are_scikit_learns(digits):
     X, y = digits

@@ -39,21 +39,40 @@ def as_features(X, name: str = "features", dtype=np.float32) -> np.ndarray:
     if X.dtype == np.float16 and np.dtype(dtype) == np.float32:
         dtype = np.float16  # kept: read (and widened to float32) a chunk at a time
     X = np.ascontiguousarray(X, dtype=dtype)  # no copy for a C-ordered float32 array or memory map
-    bad, first = 0, -1
+    bad, first, largest = 0, -1, 0.0
     rows = chunk_rows(X.shape[1] * (X.itemsize + 1), memory=min(memory_budget(), 16 * 2**20))
-    for start in range(0, X.shape[0], rows):  # in chunks: np.isfinite(X) would be n x d booleans
-        finite_rows = np.isfinite(X[start : start + rows]).all(axis=1)
+    for start in range(0, X.shape[0], rows):  # in chunks, each row's extremes (NaN and inf propagate)
+        chunk = X[start : start + rows]
+        high, low = chunk.max(axis=1), chunk.min(axis=1)
+        finite_rows = np.isfinite(high) & np.isfinite(low)
         count = int(finite_rows.size - finite_rows.sum())
         if count and first < 0:
             first = start + int(np.flatnonzero(~finite_rows)[0])
         bad += count
+        if not count:
+            largest = max(largest, float(np.abs(high).max()), float(np.abs(low).max()))
     if bad:
         raise NonFiniteFeaturesError(
             f"{name} holds NaN or infinite values in {bad} of {X.shape[0]} rows (first: row "
             f"{first}). Metrics refuse such features: re-extract them from a healthy "
             "checkpoint, or drop those rows (and their labels) yourself."
         )
+    limit = max_magnitude(X.shape[1])
+    if largest > limit:
+        raise MetricsError(
+            f"{name} holds values up to {largest:.3g} in magnitude: squared distances of such "
+            f"{X.shape[1]}-d rows overflow float32 (the limit is {limit:.2g}), which would give wrong "
+            "neighbours and clusterings. Is the checkpoint diverged? Re-extract from a healthy one, "
+            "or scale the features down (e.g. L2-normalise them) yourself."
+        )
     return X
+
+
+def max_magnitude(d: int) -> float:
+    """The largest feature value the metrics accept in ``d`` dimensions: a row of such values has
+    a squared norm 16 times below float32's maximum (3.4e38), room for the sums of a few of them
+    in squared distances (FAISS and the torch backend compute |x|^2 - 2 x.c + |c|^2 in float32)."""
+    return float(np.sqrt(np.finfo(np.float32).max / (16.0 * max(int(d), 1))))
 
 
 def as_labels(labels, n: int | None = None, name: str = "labels") -> np.ndarray:
