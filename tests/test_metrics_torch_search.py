@@ -199,3 +199,29 @@ def test_rows_shared_among_devices_give_the_one_device_results(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert _torch_search.devices_for(torch.device("cuda", 0)) == [torch.device("cuda", 0)]
     assert _torch_search.devices_for(CPU) == [CPU]
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_faiss_gpu_k_means_is_seeded_on_the_gpu_like_the_torch_backend(normalize, monkeypatch):
+    """With FAISS's GPU build, k-means++ seeds are drawn by the torch backend on the GPU (FAISS
+    seeds on one CPU thread: minutes per seed at ImageNet scale), then FAISS runs Lloyd from
+    them: the same clustering as the torch backend, seed for seed. Here the GPU is the CPU and
+    FAISS's GPU flag is left off (this FAISS has no GPU)."""
+    from clusterprobe.metrics import clustering
+
+    X, _ = blobs(n=900, d=8, spread=1.5)
+    asked = []
+    monkeypatch.setattr(clustering, "faiss_use_gpu", lambda device: True)
+    monkeypatch.setattr(clustering, "_gpu_for_seeding", lambda device: asked.append(device) or CPU)
+    real_once = clustering._kmeans_once
+    monkeypatch.setattr(clustering, "_kmeans_once", lambda *a, **kw: real_once(*a, **{**kw, "gpu": False}))
+    seeded = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cuda", backend="faiss")
+    monkeypatch.undo()
+    assert asked == ["cuda"]
+    torch_result = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cpu", backend="torch")
+    np.testing.assert_array_equal(seeded.labels, torch_result.labels)
+    np.testing.assert_allclose(seeded.centroids, torch_result.centroids, atol=1e-5)
+    np.testing.assert_allclose(seeded.objective, torch_result.objective, rtol=1e-5)
+    # without the GPU flag FAISS seeds itself: other draws
+    plain = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cpu", backend="faiss")
+    assert not np.array_equal(plain.centroids, seeded.centroids)

@@ -97,8 +97,10 @@ def _one_thread(run, seed):
     return run(seed)
 
 
-def _kmeans_once(faiss, data: np.ndarray, k: int, seed: int, niter: int, tol: float, normalize: bool, method, gpu: bool):
+def _kmeans_once(faiss, data: np.ndarray, k: int, seed: int, niter: int, tol: float, normalize: bool, method, gpu: bool,
+                 init_centroids: np.ndarray | None = None):
     """One FAISS k-means run on every row of ``data`` (n, d); returns (labels, centroids, objective).
+    ``init_centroids`` (k, d), when given, replace FAISS's own seeding.
 
     Lloyd iterations run in chunks of ``CHUNK``, each continuing from the previous centroids
     (which FAISS does exactly), until an iteration changes the objective by less than ``tol``
@@ -119,7 +121,7 @@ def _kmeans_once(faiss, data: np.ndarray, k: int, seed: int, niter: int, tol: fl
         options["init_method"] = method
     if gpu:
         options["gpu"] = True
-    centroids, history, done = None, [], 0
+    centroids, history, done = init_centroids, [], 0
     chunk = niter if gpu else CHUNK
     while done < niter:
         steps = min(chunk, niter - done)
@@ -196,8 +198,29 @@ def _kmeans(X: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, nite
     faiss = faiss_module()
     method = _init_method(faiss, init)
     gpu = faiss_use_gpu(device)
+    # FAISS seeds k-means++ on the CPU, one thread, one pass per centroid (ImageNet, k = 1000:
+    # several minutes per seed beside an idle GPU): with its GPU build, the torch seeding on the GPU
+    seed_device = _gpu_for_seeding(device) if gpu and init == "k-means++" else None
     with _kmeans_data(X, normalize) as data:
-        return _kmeans_on(data, k, seeds, normalize, niter, tol, init, faiss, method, gpu)
+        return _kmeans_on(data, k, seeds, normalize, niter, tol, init, faiss, method, gpu, seed_device)
+
+
+def _gpu_for_seeding(device: str) -> torch.device:
+    """The GPU that seeds k-means++ for FAISS's GPU build: ``device`` when it names one, else the first."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else torch.device("cuda", 0)
+
+
+def _torch_seeds(data: np.ndarray, k: int, seeds: tuple[int, ...], device: torch.device) -> list[np.ndarray]:
+    """k-means++ centroids (k, d) for each seed, drawn by the torch backend on ``device`` from
+    ``data`` as FAISS will cluster it (normalised already): the seeding the torch backend makes."""
+    rows = _torch_search.Shards(data, [device])
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    out = [_torch_search.kmeans_plus_plus(rows, k, g).cpu().numpy() for g in generators]
+    del rows
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the rows' copy, before FAISS takes the GPU
+    return out
 
 
 @contextmanager
@@ -239,13 +262,19 @@ def _kmeans_data(X: np.ndarray, normalize: bool):
 
 
 def _kmeans_on(data: np.ndarray, k: int, seeds: tuple[int, ...], normalize: bool, niter: int, tol: float,
-               init: str, faiss, method, gpu: bool) -> KMeansResult:
-    """:func:`_kmeans` on the rows FAISS clusters (``data``, normalised already if asked)."""
+               init: str, faiss, method, gpu: bool, seed_device: torch.device | None = None) -> KMeansResult:
+    """:func:`_kmeans` on the rows FAISS clusters (``data``, normalised already if asked);
+    ``seed_device``: draw the k-means++ seeds there with the torch backend instead of FAISS."""
     n, d = data.shape
     labels = np.empty((len(seeds), n), dtype=np.int64)
     centroids = np.empty((len(seeds), k, d), dtype=np.float32)
     objective = np.empty(len(seeds), dtype=np.float64)
-    run = partial(_kmeans_once, faiss, data, k, niter=niter, tol=tol, normalize=normalize, method=method, gpu=gpu)
+    starts = dict(zip(seeds, _torch_seeds(data, k, seeds, seed_device))) if seed_device is not None else {}
+
+    def run(seed: int):
+        return _kmeans_once(faiss, data, k, seed, niter=niter, tol=tol, normalize=normalize, method=method,
+                            gpu=gpu, init_centroids=starts.get(seed))
+
     # FAISS assigns points in blocks of 4096 rows: one matrix product per block and iteration.
     # For small k these products are too small to share between threads (and on a busy machine
     # OpenMP barriers stall), so then each seed runs on one thread, several seeds at a time.
