@@ -151,12 +151,20 @@ def checkpoint_dataset(
     """The data set to extract ``checkpoint`` on, with its evaluation transform.
 
     ``name`` defaults to the data set the checkpoint names (``digits`` when it names none or
-    one this toolkit does not know); CIFAR's ``root`` defaults to :data:`DEFAULT_DATA_ROOT`.
-    ``skip_unreadable`` leaves out images that cannot be decoded (listed in the bank's meta.json);
-    ``mean``/``std`` replace the normalisation (imagefolder: its own measured statistics).
+    one this toolkit does not know). For a checkpoint of a run directory, on the run's own data
+    set, ``root`` and ``image_size`` default to what the run's ``config.yaml`` records (the
+    images at the size it was trained on, where the report measures it too); otherwise CIFAR's
+    ``root`` defaults to :data:`DEFAULT_DATA_ROOT`. ``skip_unreadable`` leaves out images that
+    cannot be decoded (listed in the bank's meta.json); ``mean``/``std`` replace the
+    normalisation (imagefolder: its own measured statistics).
     """
     if name is None:
         name = checkpoint.dataset if checkpoint.dataset in DATASETS else "digits"
+    run = run_of_checkpoint(checkpoint.path) if checkpoint.path is not None else None
+    config = run.read_config() if run is not None else {}
+    if config.get("dataset") == name:
+        root = root if root is not None else config.get("data_root")
+        image_size = image_size if image_size is not None else config.get("image_size")
     if root is None and name in ("cifar10", "cifar100"):
         root = DEFAULT_DATA_ROOT
     return load_dataset(name, root=root, split=split, download=download, image_size=image_size,
