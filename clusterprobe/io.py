@@ -65,9 +65,24 @@ def _file_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux's
+    ``/proc/self/status``). Elsewhere ``os.umask`` must set a value to read the old one; it sets
+    077 for that moment, so a file another thread creates meanwhile is private rather than
+    world-writable (as it would be with 0)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -28,6 +28,25 @@ def test_new_files_follow_the_umask(tmp_path, umask_022):
     assert mode(tmp_path / "private.txt") == 0o600
 
 
+def test_the_umask_is_read_without_being_changed(tmp_path, umask_022, monkeypatch):
+    """Reading the umask with os.umask sets it for a moment; at 0, a file another thread created
+    then would be world-writable. On Linux it is read from /proc instead; elsewhere the moment's
+    value is 077 (private), never 0."""
+    import clusterprobe.io as cio
+
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(cio.os, "umask", lambda value: calls.append(value) or real_umask(value))
+    atomic_write(tmp_path / "a.txt", lambda f: f.write("x"), mode="w")
+    assert mode(tmp_path / "a.txt") == 0o644
+    assert calls == [] if os.path.exists("/proc/self/status") else 0 not in calls
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: (_ for _ in ()).throw(OSError("no /proc"))
+                        if str(p) == "/proc/self/status" else real_open(p, *a, **k))
+    atomic_write(tmp_path / "b.txt", lambda f: f.write("x"), mode="w")
+    assert mode(tmp_path / "b.txt") == 0o644 and calls[0] == 0o077 and real_umask(0o022) == 0o022
+
+
 def test_overwriting_keeps_the_old_mode(tmp_path, umask_022):
     target = tmp_path / "report.html"
     target.write_text("old")
