@@ -33,7 +33,10 @@ class MetricSettings:
     knn: 'weighted-cosine' (k=20, T=0.07) or 'majority-euclidean' (k=5); knn_k overrides k.
     holdout, holdout_seed: stratified hold-out for probes when there is no separate eval split.
     cluster_splits: splits to compute clustering metrics on (None = every split present).
-    device: 'auto' (GPU when present), 'cpu' or 'cuda'; does not change results.
+    device: 'auto' (GPU when present), 'cpu' or 'cuda'. Not part of the cache key: every metric but
+        k-means gives the same value on either (to float rounding); k-means on a GPU draws its
+        k-means++ seeds with the torch backend (other draws than FAISS's on the CPU, like other
+        seeds), and its rows' protocol names the backend that ran (a cached result keeps its own).
 
     Raises:
         MetricsError: a value out of range or an unknown name (with the closest known one).
