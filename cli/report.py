@@ -38,6 +38,7 @@ def report(
     pixels: bool = typer.Option(True, "--pixels/--no-pixels", help="Add the raw-pixels reference: the same metrics on the flattened input images, once per data set (cached)."),
     zoom_per_run: bool = typer.Option(False, "--zoom-per-run", help="Zoom each training-dynamics panel on its own run instead of one y-range per metric for all runs."),
     seeds: int = typer.Option(3, "--seeds", help="k-means seeds."),
+    dtype: str = typer.Option("float32", "--dtype", help="How the banks the report extracts are stored: float32, or float16 (half the disk; the metrics compute in float32). Existing banks are reused as they are."),
     branch: Optional[str] = typer.Option(None, "--branch", help="online, momentum, teacher or student instead of each checkpoint's default branch (cached apart)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress (errors and warnings are still shown). Without it: a bar on a terminal, one line per finished step with the elapsed and remaining time in a log."),
@@ -53,7 +54,7 @@ def report(
         epochs=tuple(int(e) for e in split_list(epochs)) if epochs else None,
         cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
         device=device, umap=umap, metric_overrides={"seeds": seeds}, branch=branch,
-        per_class=per_class, same_axes=not zoom_per_run, pixels=pixels,
+        per_class=per_class, same_axes=not zoom_per_run, pixels=pixels, dtype=dtype,
     )
     _print_result(build_report(runs_dir, out, settings, progress=not quiet))
 

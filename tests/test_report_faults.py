@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import pickle
 
+import numpy as np
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -181,3 +183,29 @@ def test_a_bank_of_another_checkpoint_lacking_layers_is_never_replaced(tmp_path)
     assert "delete the damaged or different bank folder and run the report again to rebuild it" in text
     assert "--overwrite" not in text and "Choose another --out" not in text  # options of extract, not report
     assert FeatureBank.open(bank).meta["fingerprint"] == before and FeatureBank.open(bank).layers == ["H"]
+
+
+def test_report_dtype_float16_stores_half_and_reuses_whatever_is_there(tmp_path):
+    """`report --dtype float16` extracts float16 banks (half the disk); a later report in float32
+    reuses them as they are instead of refusing them as different banks, and its metrics are
+    those of the float32 banks to within float16 rounding."""
+    from clusterprobe import FeatureBank
+
+    make_run(tmp_path / "half" / "one", [0, 1])
+    make_run(tmp_path / "full" / "one", [0, 1])
+    half = runner.invoke(app, ["report", str(tmp_path / "half"), *FAST, "--no-pixels", "--dtype", "float16"])
+    assert half.exit_code == 0, half.output
+    full = runner.invoke(app, ["report", str(tmp_path / "full"), *FAST, "--no-pixels"])
+    assert full.exit_code == 0, full.output
+    bank16 = FeatureBank.open(tmp_path / "half" / "one" / "features" / "test" / "epoch_0001")
+    bank32 = FeatureBank.open(tmp_path / "full" / "one" / "features" / "test" / "epoch_0001")
+    assert bank16.dtype == np.float16 and bank32.dtype == np.float32
+    assert bank16["H"].nbytes * 2 == bank32["H"].nbytes
+    np.testing.assert_allclose(bank16["H"].astype(np.float32), bank32["H"], rtol=2**-10, atol=1e-6)
+    again = runner.invoke(app, ["report", str(tmp_path / "half"), *FAST, "--no-pixels"])  # float32 asked
+    assert again.exit_code == 0, again.output
+    assert FeatureBank.open(bank16.path).meta["fingerprint"] == bank16.meta["fingerprint"]
+    assert FeatureBank.open(bank16.path).dtype == np.float16
+    tables = [pd.read_csv(tmp_path / name / "report" / "metrics.csv") for name in ("half", "full")]
+    rows = [t[(t.metric == "knn_top1") & (t.epoch == 1)].value.iloc[0] for t in tables]
+    assert rows[0] == pytest.approx(rows[1], abs=0.01)

@@ -62,7 +62,9 @@ class ReportSettings:
     train on ``train`` and score on ``test``); ``metric_overrides`` are
     :class:`~clusterprobe.metrics.MetricSettings` fields; ``branch`` (online, momentum, teacher,
     student) replaces each checkpoint's default branch. Analyses on another data set or of a named
-    branch are cached apart, in ``<run>/analyses/<data set>-<branch>/``.
+    branch are cached apart, in ``<run>/analyses/<data set>-<branch>/``. ``dtype`` ('float32' or
+    'float16': half the disk, see :func:`~clusterprobe.extract_features`) is how the banks the
+    report extracts are stored; a bank already there is reused in the dtype it has.
     """
 
     layers: tuple[str, ...] = ("H", "P0", "P1", "Z")
@@ -80,6 +82,7 @@ class ReportSettings:
     same_axes: bool = True
     per_class: bool = True
     pixels: bool = True
+    dtype: str = "float32"
 
 
 @dataclass
@@ -261,7 +264,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
             wanted = _layers_of(loaded, settings)
             banks = {split: _report_bank(
                 loaded, dataset, layout.bank_path(split, epoch), wanted,
-                batch_size=settings.batch_size, device=settings.device, progress=False,
+                batch_size=settings.batch_size, device=settings.device, progress=False, dtype=settings.dtype,
                 extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
             ) for split, dataset in data.items()}
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
@@ -325,18 +328,22 @@ def _report_bank(loaded: LoadedCheckpoint, dataset, path: Path, layers: list[str
     requested ones, so that nothing it held is lost and switching ``--layers`` back and forth
     extracts each layer once. The report owns these cache folders, so it replaces such a bank
     without ``--overwrite``; a bank of another checkpoint or data set, or a damaged one, is never
-    replaced (the error says so).
+    replaced (the error says so). An existing bank keeps its dtype; ``options['dtype']`` applies to
+    the banks extracted here.
     """
     try:
-        existing = FeatureBank.open(path).layers
+        found = FeatureBank.open(path)
+        existing, stored = found.layers, {"dtype": found.dtype.name}
     except FeatureBankError:  # none yet, or damaged: extract_features says which
-        existing = None
-    if existing is None or existing == layers:
+        existing, stored = None, {}
+    if existing == layers:  # reused in the dtype it has (float16 or float32: the same features)
+        return extract_features(loaded, dataset, path, layers=layers, **{**options, **stored})
+    if existing is None:
         return extract_features(loaded, dataset, path, layers=layers, **options)
     try:
         # The bank's own layers: the same request (reused) when only the layer choice differs;
         # else extract_features refuses the "different feature bank" without touching it.
-        bank = extract_features(loaded, dataset, path, layers=existing, **options)
+        bank = extract_features(loaded, dataset, path, layers=existing, **{**options, **stored})
     except LayerError:
         raise FeatureBankError(
             f"{path} already holds a different feature bank: its layers {', '.join(existing)} are not "
