@@ -215,15 +215,21 @@ def test_solo_learn_before_1_0_called_the_backbone_encoder(solo_checkpoint):
 
 
 # -- Vision Transformers (timm's keys; DINO, solo-learn and MoCo v3 build theirs with the same names)
-def _timm_vit(**kwargs):
+def _perturbed_vit(scale: float = 0.02, **options):
+    """A timm VisionTransformer with every weight moved off its initialisation, in eval mode."""
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, **kwargs)
+    vit = timm.models.vision_transformer.VisionTransformer(**options)
     with torch.no_grad():
-        for parameter in model.parameters():  # away from the initialisation
-            parameter.add_(torch.randn_like(parameter) * 0.02)
-    return model.eval()
+        for parameter in vit.parameters():
+            parameter.add_(torch.randn_like(parameter) * scale)
+    return vit.eval()
+
+
+def _timm_vit(**kwargs):
+    """timm's vit_tiny (192-d, 12 blocks, 3 heads) on 32 px inputs in 8 px patches."""
+    return _perturbed_vit(img_size=32, patch_size=8, embed_dim=192, depth=12, num_heads=3, **kwargs)
 
 
 def test_plain_timm_vit_gives_h_and_records_the_heads_assumption(tmp_path):
@@ -305,20 +311,8 @@ def test_solo_learn_vibcreg_iternorm_is_refused_by_name(solo_checkpoint):
         load_checkpoint(path)
 
 
-def _timm_vit(scale: float, **options):
-    """A timm VisionTransformer (no classifier) with every weight moved off its initialisation."""
-    import timm
-
-    torch.manual_seed(0)
-    vit = timm.models.vision_transformer.VisionTransformer(num_classes=0, **options)
-    with torch.no_grad():
-        for parameter in vit.parameters():
-            parameter.add_(torch.randn_like(parameter) * scale)
-    return vit
-
-
 def _solo_learn_vit_with_12_heads(folder, args):
-    backbone = _timm_vit(0.02, img_size=32, patch_size=8, embed_dim=192, depth=12, num_heads=12)
+    backbone = _perturbed_vit(img_size=32, patch_size=8, embed_dim=192, depth=12, num_heads=12, num_classes=0)
     folder.mkdir()
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     torch.save({"epoch": 3, "pytorch-lightning_version": "2.1.0", "state_dict": state}, folder / "m-ep=3.ckpt")
@@ -370,7 +364,9 @@ def _dino_interpolate_pos_encoding(pos_embed, rows, cols):
 def test_dino_vit_at_another_input_size_resizes_the_position_embedding_as_dino_does(tmp_path, size):
     # facebookresearch/dino main_dino.py saves {"student", "teacher", "args", "epoch", ...}; its ViT
     # (vision_transformer.py) adds interpolate_pos_encoding(x, w, h) for inputs of another size.
-    native = _timm_vit(0.05, img_size=64, patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    import timm
+
+    native = _perturbed_vit(0.05, img_size=64, patch_size=16, embed_dim=192, depth=12, num_heads=3, num_classes=0)
     backbone = {f"backbone.{k}": v for k, v in native.state_dict().items()}
     torch.save({"student": {f"module.{k}": v for k, v in backbone.items()}, "teacher": backbone, "epoch": 5,
                 "args": argparse.Namespace(arch="vit_tiny", patch_size=16)}, tmp_path / "checkpoint.pth")
