@@ -118,12 +118,22 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def color_jitter(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -> torch.Tensor:
     """Apply per-sample brightness, contrast, saturation and hue ``factors`` (B, 4) in per-sample
-    ``orders`` (B, 4; a permutation of 0..3 each), with torchvision's definitions."""
+    ``orders`` (B, 4; a permutation of 0..3 each), with torchvision's definitions.
+
+    Position by position: at each of the 4 positions, each operation runs once on the samples
+    that have it there. Every sample still gets its own order, and the work is 16 batched calls
+    whatever the orders (one set of calls per distinct order, up to 24 x 4, would be hundreds of
+    small GPU kernels per batch). The grouping is decided on the host from ``orders`` (moved there
+    if needed), so it never waits for the device."""
+    orders = orders.cpu()
     out = x.clone()
-    for order in orders.unique(dim=0):
-        rows = (orders == order).all(1).nonzero().flatten()
-        y, f = x[rows], factors[rows]
-        for op in order.tolist():
+    for position in range(orders.shape[1]):
+        for op in range(4):
+            rows = torch.nonzero(orders[:, position] == op).flatten()
+            if rows.numel() == 0:
+                continue
+            rows = rows.to(x.device)
+            y, f = out[rows], factors[rows]
             if op == 0:
                 y = (y * f[:, 0].view(-1, 1, 1, 1)).clamp(0, 1)
             elif op == 1:
@@ -133,7 +143,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -
                 y = _blend(y, _grayscale(y), f[:, 2])
             else:
                 y = adjust_hue(y, f[:, 3])
-        out[rows] = y
+            out[rows] = y
     return out
 
 
@@ -184,9 +194,10 @@ class BatchView(nn.Module):
         x = images.float().div_(255)
         x = resized_crops(x, params["boxes"], self.size, self.spec.interpolation).clamp(0, 1)
         if "jitter" in params:
-            rows = params["jitter"].nonzero().flatten().to(device)
+            rows = params["jitter"].nonzero().flatten()
             if len(rows):
-                x[rows] = color_jitter(x[rows], params["factors"].to(device)[rows], params["orders"].to(device)[rows])
+                on = rows.to(device)
+                x[on] = color_jitter(x[on], params["factors"][rows].to(device), params["orders"][rows])
         rows = params["grayscale"].nonzero().flatten().to(device)
         if len(rows):
             x[rows] = _grayscale(x[rows]).contiguous()
