@@ -4,7 +4,9 @@ Each row carries ``unit`` (the piece of work that produced it), ``settings_hash`
 exactly the settings that unit depends on, plus the engine version) and ``data_id`` (identity
 of the features and labels). A lookup needs all three to match, so changed settings or changed
 data are recomputed, never answered from the file. Saving re-reads the file, replaces rows that
-were recomputed and drops rows computed on data that has since changed.
+were recomputed and drops rows computed on data that has since changed, all under the file's
+lock, so two processes evaluating into one table (two epochs of a run on two GPUs) keep each
+other's rows.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write, fingerprint
+from ..errors import LockedError, OutputPathError
+from ..io import atomic_write, exclusive_lock, fingerprint
 from .registry import PAIR_UNITS, Unit
 from .table import COLUMNS, STR_COLUMNS, MetricRow, from_frame, missing, to_frame
 
 __all__ = ["COLUMNS", "ENGINE_VERSION", "MetricsCache", "pair_data_id", "settings_hash", "unit_settings"]
+
+#: How long a save waits for another process's save of the same file (a save takes well under
+#: a second; the lock is released by the kernel if its holder dies).
+LOCK_WAIT_S = 120.0
 
 #: Part of every settings hash: bump it when a change of code changes values.
 ENGINE_VERSION = "1"
@@ -124,24 +131,33 @@ class MetricsCache:
     def save(self) -> bool:
         """Merge new rows into the file (re-read first), dropping rows they supersede.
 
+        The re-read and the write happen under the file's lock (:func:`~clusterprobe.io.exclusive_lock`
+        on ``.<name>.lock`` beside it): a concurrent save of another process waits for this one
+        and then merges into what it wrote, instead of overwriting it with its own older read.
+
         Returns whether the file was written. When it cannot be (a read-only folder, a full
-        disk), the rows stay unsaved, :attr:`error` says why and a warning is issued.
+        disk, another process holding the lock for longer than :data:`LOCK_WAIT_S`), the rows
+        stay unsaved, :attr:`error` says why and a warning is issued.
         """
         if self.path is None or not self.new:
             return False
-        existing = self._read()
-        replaced = {_row_key(r) for r in self.new}
-        current = {_data_key(r): r.data_id for r in self.new}
-        kept = [
-            r for r in existing
-            if _row_key(r) not in replaced  # recomputed now
-            and current.get(_data_key(r), r.data_id) == r.data_id  # data changed since
-        ]
-        text = to_frame(kept + self.new).to_csv(index=False)
         try:
-            atomic_write(self.path, lambda f: f.write(text), mode="w")
-        except OSError as exc:
-            self.error = f"{self.path} could not be written ({exc.strerror or exc})"
+            with exclusive_lock(self.path, wait=LOCK_WAIT_S, what=f"the metrics table {self.path}"):
+                existing = self._read()
+                replaced = {_row_key(r) for r in self.new}
+                current = {_data_key(r): r.data_id for r in self.new}
+                kept = [
+                    r for r in existing
+                    if _row_key(r) not in replaced  # recomputed now
+                    and current.get(_data_key(r), r.data_id) == r.data_id  # data changed since
+                ]
+                text = to_frame(kept + self.new).to_csv(index=False)
+                atomic_write(self.path, lambda f: f.write(text), mode="w")
+        except (OSError, OutputPathError, LockedError) as exc:
+            # the lock file's OutputPathError keeps the operating system's error as its context
+            cause = exc.__context__ if isinstance(exc, OutputPathError) else exc
+            reason = getattr(cause, "strerror", None) or exc
+            self.error = f"{self.path} could not be written ({reason})"
             warnings.warn(f"Could not write the metrics cache {self.path} ({exc}); results are not cached.")
             self.new = []
             return False
