@@ -89,3 +89,14 @@ def test_chance_lines_of_runs_on_data_sets_with_other_class_counts():
     for row, expected in ((0, 0.01), (1, 0.1)):
         chance = [line for line in axes[row][1].get_lines() if line.get_label() == "chance"]
         assert len(chance) == 1 and np.allclose(chance[0].get_ydata(), expected)
+
+
+def test_run_labels_name_the_method_once():
+    from clusterprobe.report.figures import _run_label
+
+    table = pd.DataFrame({"run": ["raw pixels (digits)", "resa-cifar10", "baseline", "byol"],
+                          "method": ["pixels", "resa", "byol", "byol"]})
+    assert _run_label(table, "raw pixels (digits)") == "raw pixels (digits)"
+    assert _run_label(table, "resa-cifar10") == "resa-cifar10"
+    assert _run_label(table, "baseline") == "byol\n(baseline)"
+    assert _run_label(table, "byol") == "byol"

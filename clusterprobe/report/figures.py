@@ -148,7 +148,9 @@ def layer_comparison_figure(
 def _run_label(table: pd.DataFrame, run: str) -> str:
     methods = table.loc[table["run"] == run, "method"].dropna().unique()
     method = methods[0] if len(methods) else None
-    return f"{method}\n({run})" if method and method != run else run
+    # a run whose name already says its method ('resa-cifar10', 'raw pixels (digits)' of method
+    # 'pixels') is labelled by its name alone
+    return f"{method}\n({run})" if method and method.lower() not in run.lower() else run
 
 
 def training_dynamics_figure(
