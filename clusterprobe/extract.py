@@ -29,6 +29,7 @@ from .data import DATASETS, LabeledImageDataset, describe_transform, load_datase
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint
+from .progress import progress_bar
 from .models import LayerSpec, SSLModel
 from .runs import FEATURES_DIR, parse_epoch, run_of_checkpoint
 
@@ -499,11 +500,7 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
         Subset(job.dataset, indices), batch_size=job.batch_size, shuffle=False,
         num_workers=job.num_workers, pin_memory=job.device.type == "cuda", persistent_workers=False,
     )
-    bar = None
-    if job.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(indices), unit="img", unit_scale=True, desc="extract", dynamic_ncols=True)
+    bar = progress_bar(total=len(indices), unit="img", unit_scale=True, desc="extract", enabled=job.progress)
     chunk_iter = iter(chunks)
     current = next(chunk_iter)
     chunk_end = min(n, (current + 1) * chunk)
@@ -523,8 +520,7 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
                 position, rows, labels=labels.numpy(),
                 coarse_labels=None if coarse is None else np.asarray(coarse[position:stop]),
             )
-            if bar is not None:
-                bar.update(len(labels))
+            bar.update(len(labels))
             position = stop
             if position >= chunk_end:  # batches never straddle chunks: chunk % batch_size == 0
                 writer.mark_done(current)
@@ -532,8 +528,7 @@ def _extract_chunks(job: _Extraction, writer: BankWriter, chunks: list[int], chu
                 if current is not None:
                     position = current * chunk
                     chunk_end = min(n, (current + 1) * chunk)
-    if bar is not None:
-        bar.close()
+    bar.close()
 
 
 def default_bank_path(checkpoint: LoadedCheckpoint, dataset_name: str, split: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from clusterprobe.report.build import _duration, _Progress
+from clusterprobe.report.build import _Progress
 
 from test_report import make_run
 
@@ -103,10 +103,6 @@ def test_auto_mode_chooses_the_bar_only_on_a_terminal():
     assert _Progress(1, False).enabled is False
     with pytest.raises(ValueError):
         _Progress(1, "loud")
-
-
-def test_durations_read_short():
-    assert [_duration(s) for s in (0, 42, 60, 80, 599, 600, 3725)] == ["0s", "42s", "1m", "1m20s", "9m59s", "10m", "1h02m"]
 
 
 # ---- UMAP ---------------------------------------------------------------------------------------

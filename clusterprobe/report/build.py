@@ -32,6 +32,7 @@ from ..bank import FeatureBank
 from ..errors import ClusterprobeError, FeatureBankError, LayerError, ReportError, UnsafeCheckpointError
 from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
+from ..progress import format_duration, is_terminal
 from ..runs import RunLayout
 from .discovery import Run, describe_runs, discover_runs
 from .figures import (describe_settings, fine_vs_coarse_figure, layer_comparison_figure, per_class_figure, save_figure,
@@ -109,7 +110,7 @@ class _Progress:
     def __init__(self, total: int, mode: bool | str | None = True, every: float = 5.0,
                  heartbeat: float = 60.0, stream=None):
         if mode is True or mode == "auto":
-            mode = "bar" if _is_terminal(stream or sys.stderr) else "lines"
+            mode = "bar" if is_terminal(stream or sys.stderr) else "lines"
         if mode not in ("bar", "lines", False, None):
             raise ValueError(f"progress must be True, False, 'auto', 'bar' or 'lines', got {mode!r}")
         self.mode = mode or None
@@ -158,11 +159,11 @@ class _Progress:
 
     def _line(self, what: str) -> None:
         elapsed = time.monotonic() - self._started
-        counts = f"{self.done}/{self.total} steps, {_duration(elapsed)} elapsed"
+        counts = f"{self.done}/{self.total} steps, {format_duration(elapsed)} elapsed"
         if self.done >= self.total:
             rest = "nothing left"
         elif self.done:
-            rest = f"about {_duration(elapsed / self.done * (self.total - self.done))} left"
+            rest = f"about {format_duration(elapsed / self.done * (self.total - self.done))} left"
         else:
             rest = "time left unknown yet"
         stream = self._stream or sys.stderr
@@ -173,27 +174,6 @@ class _Progress:
         if self.mode == "bar":
             self._progress.stop()
         self.mode, self.enabled = None, False
-
-
-def _is_terminal(stream) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        return False
-
-
-def _duration(seconds: float) -> str:
-    """``42s``, ``1m20s``, ``9m``, ``1h05m``: short enough for a log line."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 10:
-        return f"{minutes}m{seconds:02d}s" if seconds else f"{minutes}m"
-    if minutes < 60:
-        return f"{minutes}m"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _cache_root(run: Run, out: Path) -> Path:
