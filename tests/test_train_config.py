@@ -254,3 +254,33 @@ def test_a_finished_run_extends_to_more_epochs_with_its_schedules_recomputed(tmp
     assert len(logged) == 6
     for step in (5, 6):
         assert logged[step] == pytest.approx(schedule(step - 1), rel=1e-5), (step, logged)  # CSV: 6 digits
+
+
+def test_new_runs_record_the_3sigma_blur_kernel_and_earlier_runs_read_as_10percent(tmp_path):
+    """The blur kernel rule is part of the recorded config (it changes the views of SimCLR, SwAV and
+    ReSA's blur=True): new runs save ``blur_kernel: 3sigma``; a config.yaml of an earlier version
+    (no ``blur_kernel``) was trained with the 3-tap '10percent' rule and resumes with it."""
+    new = write_run(tmp_path / "new", method="simclr")
+    assert yaml.safe_load((new / "config.yaml").read_text())["blur_kernel"] == "3sigma"
+    assert build_config({"out": str(new), "epochs": 4}, resume=True).blur_kernel == "3sigma"
+    old = write_run(tmp_path / "old", method="simclr")
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["blur_kernel"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert build_config({"out": str(old), "epochs": 4}, resume=True).blur_kernel == "10percent"
+    assert train_package.load_saved_config(old).blur_kernel == "10percent"
+    # a config file for a new run is not a saved run: its missing field is today's default
+    assert build_config({"out": str(tmp_path / "fresh")}, config_file=old / "config.yaml").blur_kernel == "3sigma"
+    with pytest.raises(TrainConfigError, match=r"blur_kernel must be one of 3sigma, 10percent .*got '5sigma'"):
+        resolve_config({**TINY, "out": "x", "blur_kernel": "5sigma"})
+
+
+def test_resuming_an_earlier_run_with_another_blur_kernel_is_refused_with_the_reason(tmp_path):
+    old = write_run(tmp_path / "old", method="simclr")
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["blur_kernel"]
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    (old / "checkpoints").mkdir()
+    with pytest.raises(RunDirectoryError, match=r"blur_kernel: '10percent' -> '3sigma' \(the rule for the Gaussian "
+                       r"blur's kernel size the run was trained with; its config.yaml predates the field"):
+        train({"out": str(old), "blur_kernel": "3sigma"}, resume=True)

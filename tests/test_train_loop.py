@@ -189,6 +189,53 @@ def test_resume_is_bit_for_bit(tmp_path, method, save_every, stop, checkpoints, 
     assert strip(read_csv(reference / "epochs.csv")) == strip(read_csv(interrupted / "epochs.csv"))
 
 
+def _same_weights(a: Path, b: Path) -> bool:
+    a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("views_on", ["loader", "device"])
+def test_a_run_of_an_earlier_version_resumes_with_its_blur_kernel(tmp_path, views_on):
+    """A SimCLR run (symmetric views: blur p=0.5) whose config.yaml has no blur_kernel was trained
+    by an earlier version with the 3-tap kernel ('10percent'); resumed now it continues with that
+    kernel, on either view path: bit for bit the run trained with '10percent' throughout, not a
+    run whose blur changed halfway."""
+    old_rule = train(tiny(tmp_path / "a", "simclr", epochs=2, views_on=views_on, blur_kernel="10percent"))
+    new_rule = train(tiny(tmp_path / "n", "simclr", epochs=2, views_on=views_on))
+    config = tiny(tmp_path / "b", "simclr", epochs=2, views_on=views_on, blur_kernel="10percent")
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[StopAt(4)])  # after epoch 1
+    run = Path(config.out)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    del saved["blur_kernel"]  # as an earlier version wrote it
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    train({"out": str(run)}, resume=True)  # what clusterprobe train --out RUN --resume does
+    final = "checkpoints/epoch_0002.pt"
+    assert _same_weights(run / final, old_rule / final)
+    assert not _same_weights(run / final, new_rule / final)  # the rule matters for this run
+    assert "blur_kernel" not in yaml.safe_load((run / "config.yaml").read_text())  # left as it was
+    assert torch.load(run / final, weights_only=True)["train_state"]["config"]["blur_kernel"] == "10percent"
+    assert yaml.safe_load((new_rule / "config.yaml").read_text())["blur_kernel"] == "3sigma"
+
+
+def test_resuming_with_an_earlier_blur_kernel_says_so():
+    from clusterprobe.trainer.loop import blur_kernel_note
+    from clusterprobe.trainer.run_dir import RunDirectory
+
+    class Old(RunDirectory):
+        def read_config(self):
+            return {}
+
+    simclr = resolve_config(tiny(Path("x"), "simclr", blur_kernel="10percent"))
+    note = blur_kernel_note(simclr, Old("runs/x"), 32)
+    assert note.startswith("note: runs/x blurs its views with the kernel rule it was trained with, blur_kernel "
+                           "'10percent' (3 taps at 32 px), and keeps it; new runs use '3sigma' (13 taps)")
+    assert "add 'blur_kernel: 3sigma' to its config.yaml" in note
+    assert blur_kernel_note(simclr, Old("runs/x"), 224) is None  # both rules: 23 taps
+    assert blur_kernel_note(simclr.replace(blur_kernel="3sigma"), Old("runs/x"), 32) is None
+    assert blur_kernel_note(resolve_config(tiny(Path("x"), "resa", blur_kernel="10percent")), Old("runs/x"), 32) is None
+
+
 def test_resume_of_finished_run_does_nothing(tmp_path):
     run = train(tiny(tmp_path, epochs=1))
     before = sha(run / "checkpoints" / "epoch_0001.pt")

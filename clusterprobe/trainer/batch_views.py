@@ -12,7 +12,8 @@ torchvision PIL pipeline :func:`~.views.make_view` builds from the same :class:`
   uniform in torchvision's ranges, applied in a random order **per sample** (torchvision's
   ColorJitter draws one permutation per image; kornia's draws one per batch, so the order is
   drawn here and kornia's colour functions do the work);
-- grayscale, Gaussian blur (sigma uniform in 0.1-2, kornia), solarisation (pixels >= 128/255
+- grayscale, Gaussian blur (sigma uniform in 0.1-2, the kernel size of the spec's
+  ``blur_kernel`` rule as in the PIL pipeline; kornia), solarisation (pixels >= 128/255
   inverted) and horizontal flip, each with its own per-sample probability.
 
 Images are processed in [0, 1] floats without the uint8 rounding PIL applies between steps; the
@@ -203,7 +204,7 @@ class BatchView(nn.Module):
             x[rows] = _grayscale(x[rows]).contiguous()
         rows = params["blur"].nonzero().flatten().to(device)
         if len(rows):
-            k = blur_kernel_size(self.size)
+            k = blur_kernel_size(self.size, self.spec.blur_kernel)
             sigma = params["sigma"].to(device)[rows]
             x[rows] = kornia.filters.gaussian_blur2d(x[rows], (k, k), torch.stack([sigma, sigma], 1), border_type="reflect")
         rows = params["solarize"].nonzero().flatten().to(device)

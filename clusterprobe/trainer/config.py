@@ -30,7 +30,7 @@ from ..errors import ClusterprobeError, DeviceError, RunDirectoryError, TrainCon
 from ..models.backbones import BACKBONES
 from ..runs import RunLayout, read_config_file
 from .optim import OPTIMIZERS
-from .views import VIEW_RECIPES
+from .views import BLUR_KERNEL_RULES, LEGACY_BLUR_KERNEL, VIEW_RECIPES
 
 METHODS = ("resa", "simclr", "byol", "vicreg", "swav", "barlow_twins")
 #: Methods with a momentum (EMA) branch; their checkpoints are analysed on that branch.
@@ -114,7 +114,11 @@ class TrainConfig:
     in DataLoader workers; ``device``: batched on the training device from a uint8 copy of the
     data set, see :mod:`~clusterprobe.trainer.batch_views`; ``auto``: ``device`` on CUDA when the
     images are of one size and fit in a quarter of the free GPU memory), ``crop_scale``, ``blur`` (ReSA's
-    ImageNet blur), ``flip`` (horizontal flips; off for digits-like data), ``options`` (method
+    ImageNet blur), ``blur_kernel`` (the rule for the Gaussian blur's kernel size, see
+    :func:`~clusterprobe.trainer.views.blur_kernel_size`: ``3sigma``, as wide as PIL's untruncated
+    blur of the references; runs of earlier versions, whose config.yaml has no ``blur_kernel``,
+    were trained with ``10percent``, 3 taps at 32 px, and keep it when resumed), ``flip``
+    (horizontal flips; off for digits-like data), ``options`` (method
     settings, see :data:`METHOD_DEFAULTS`: e.g. ReSA's temperature, Sinkhorn epsilon/iterations,
     transposed term).
 
@@ -159,6 +163,7 @@ class TrainConfig:
     views_on: str = "auto"
     crop_scale: list[float] | None = None
     blur: bool = False
+    blur_kernel: str = "3sigma"
     flip: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -310,15 +315,29 @@ def _overlay(settings: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str,
     return merged
 
 
+#: Fields added to :class:`TrainConfig` after runs were saved without them, with the value those
+#: runs were trained with (which is not the default of new runs): a saved config.yaml without
+#: the field is read with this value, so a resumed run keeps its computation.
+FIELDS_OF_EARLIER_RUNS: dict[str, Any] = {"blur_kernel": LEGACY_BLUR_KERNEL}
+
+
+def _with_recorded_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config's fields, with :data:`FIELDS_OF_EARLIER_RUNS` filled in where it lacks them."""
+    return {**FIELDS_OF_EARLIER_RUNS, **{str(k).replace("-", "_"): v for k, v in saved.items()}}
+
+
 def load_saved_config(run: RunLayout | str | os.PathLike) -> TrainConfig:
     """The ``config.yaml`` a run directory holds, as a :class:`TrainConfig`.
+
+    Fields it lacks because an earlier version wrote it take the value those versions trained
+    with (:data:`FIELDS_OF_EARLIER_RUNS`: ``blur_kernel`` is ``10percent``), not today's default.
 
     Raises:
         RunDirectoryError: it cannot be read as a training config.
     """
     layout = run if isinstance(run, RunLayout) else RunLayout(run)
     try:
-        return TrainConfig.from_dict(layout.read_config())
+        return TrainConfig.from_dict(_with_recorded_defaults(layout.read_config()))
     except ClusterprobeError as error:
         raise RunDirectoryError(f"Cannot resume from {layout.path}: its config.yaml is unreadable ({error}).") from None
 
@@ -444,6 +463,9 @@ def _check_views(config: TrainConfig) -> None:
     """The augmentation recipe and crop scale."""
     if config.views not in VIEW_RECIPES:
         _fail(f"Unknown view recipe {config.views!r}; use one of {', '.join(VIEW_RECIPES)}.")
+    if config.blur_kernel not in BLUR_KERNEL_RULES:
+        _fail(f"blur_kernel must be one of {', '.join(BLUR_KERNEL_RULES)} (3sigma for new runs; 10percent "
+              f"is the rule of runs of earlier versions), got {config.blur_kernel!r}.")
     if config.views_on not in ("auto", "loader", "device"):
         _fail(f"views_on must be auto, loader or device, got {config.views_on!r}.")
     if config.crop_scale is not None:

@@ -50,7 +50,7 @@ from .run_dir import (EPOCH_FIELDS, STEP_FIELDS, CsvLog, RunDirectory, capture_r
                       restore_rng_state)
 from .schedules import WarmupCosineSchedule
 from .batch_views import BatchViews
-from .views import two_view_transform, view_specs
+from .views import BLUR_KERNEL_RULES, blur_kernel_size, two_view_transform, view_specs
 
 Callback = Callable[[str, Mapping[str, Any]], None]
 Say = Callable[[str], None]
@@ -115,6 +115,10 @@ def _train(config: TrainConfig, env: distributed.DistributedEnv, resume: bool, o
     data = build_data(config, env, say)
     training = build_training(config, env, data, say)
     start_epoch, step = start_or_resume(config, env, run, resume_from, overwrite, training, say)
+    if resume_from is not None:
+        note = blur_kernel_note(config, run, data.image_size)
+        if note:
+            say(note)
     if start_epoch >= config.epochs:
         say(f"{run.path} has finished all {config.epochs} epochs; nothing to do.")
         return run.path
@@ -160,6 +164,7 @@ class TrainingData:
     sampler: EpochSampler
     loader: torch.utils.data.DataLoader
     cifar_stem: bool
+    image_size: int | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -185,7 +190,7 @@ def build_data(config: TrainConfig, env: distributed.DistributedEnv, say: Say = 
                                f"needs one size for all images.{size}")
     cifar_stem = config.cifar_stem if config.cifar_stem is not None else image_size <= 64
     views = two_view_transform(config.views, image_size, base.info.mean, base.info.std,
-                               config.crop_scale, config.blur, config.flip)
+                               config.crop_scale, config.blur, config.flip, config.blur_kernel)
     train_set = SeededViews(base, views, subset_indices(len(base), config.limit_train, config.seed))
     if len(train_set) < config.batch_size:
         raise TrainConfigError(f"The training set has {len(train_set)} images, fewer than one batch "
@@ -196,7 +201,7 @@ def build_data(config: TrainConfig, env: distributed.DistributedEnv, say: Say = 
         settings = loader_settings(env.device, config.num_workers, config.pin_memory, config.persistent_workers,
                                    int(os.environ.get("LOCAL_WORLD_SIZE", env.world_size)))
         loader = build_loader(train_set, sampler, config.batch_size // env.world_size, settings)
-    return TrainingData(base.info, train_set, sampler, loader, cifar_stem)
+    return TrainingData(base.info, train_set, sampler, loader, cifar_stem, image_size)
 
 
 def _device_view_loader(config: TrainConfig, env: distributed.DistributedEnv, base, train_set: SeededViews,
@@ -218,8 +223,8 @@ def _device_view_loader(config: TrainConfig, env: distributed.DistributedEnv, ba
             say(f"note: the training set ({images.numel() / 2**30:.1f} GiB as uint8) does not fit in a quarter "
                 "of the free GPU memory; augmenting it in DataLoader workers.")
             return None
-    views = BatchViews(view_specs(config.views, config.crop_scale, config.blur, config.flip), image_size,
-                       base.info.mean, base.info.std).to(env.device)
+    specs = view_specs(config.views, config.crop_scale, config.blur, config.flip, config.blur_kernel)
+    views = BatchViews(specs, image_size, base.info.mean, base.info.std).to(env.device)
     return DeviceViewLoader(images.to(env.device), labels.to(env.device), views, sampler,
                             config.batch_size // env.world_size, config.seed)
 
@@ -308,6 +313,28 @@ def _extend(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirect
     if env.is_main:
         save_config(config, run.config_path)
     distributed.barrier()
+
+
+def blur_kernel_note(config: TrainConfig, run: RunDirectory, image_size: int | None) -> str | None:
+    """What a resumed run that blurs by an earlier version's kernel rule should be told (None:
+    nothing to tell). The run keeps that rule (it is the augmentation it was trained with)."""
+    newest = BLUR_KERNEL_RULES[0]
+    if config.blur_kernel == newest or image_size is None:
+        return None
+    if not any(spec.blur_p > 0 for spec in view_specs(config.views, config.crop_scale, config.blur, config.flip)):
+        return None
+    old, new = blur_kernel_size(image_size, config.blur_kernel), blur_kernel_size(image_size, newest)
+    if old == new:
+        return None
+    note = (f"note: {run.path} blurs its views with the kernel rule it was trained with, blur_kernel "
+            f"{config.blur_kernel!r} ({old} taps at {image_size} px), and keeps it; new runs use {newest!r} "
+            f"({new} taps), as wide as the references' PIL GaussianBlur(radius=sigma).")
+    if "blur_kernel" not in run.read_config():
+        note += (" Its config.yaml does not record the rule (it was written before clusterprobe recorded "
+                 f"it), so the rule of those versions is assumed. A run started after the blur fix "
+                 f"(git commit 33dfa00) but before the rule was recorded was trained with {newest!r}: for "
+                 f"such a run add 'blur_kernel: {newest}' to its config.yaml before resuming.")
+    return note
 
 
 def _restore(path: Path, training: Training) -> tuple[int, int]:

@@ -121,6 +121,10 @@ class RunDirectory(RunLayout):
         if config.epochs < saved.epochs:
             differences.append(f"epochs: {saved.epochs} -> {config.epochs} (a run can be extended "
                                "to more epochs, not shortened; its checkpoints of earlier epochs are kept)")
+        if saved.blur_kernel != config.blur_kernel:
+            recorded = "blur_kernel" in self.read_config()
+            differences = [d + _blur_kernel_hint(recorded) if d.startswith("blur_kernel:") else d
+                           for d in differences]
         if differences:
             raise RunDirectoryError(
                 f"Cannot resume {self.path} with a different configuration; these fields differ "
@@ -142,6 +146,14 @@ class RunDirectory(RunLayout):
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+
+
+def _blur_kernel_hint(recorded: bool) -> str:
+    """Why a resumed run's ``blur_kernel`` cannot change (appended to its difference)."""
+    where = "" if recorded else ("; its config.yaml predates the field, so it is the rule of the "
+                                 "versions that wrote it")
+    return (f" (the rule for the Gaussian blur's kernel size the run was trained with{where}: a "
+            "resumed run keeps it, a new run may use another)")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ Recipes (:data:`VIEW_RECIPES`), sized to the data set's image size:
 - ``vicreg`` (solo-learn CIFAR): RandomResizedCrop(0.2-1) + ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8
   + grayscale p=0.2 + Solarize p=0.1 + flip, for both views.
 
+The blur's kernel size follows the run's rule (``blur_kernel``, :func:`blur_kernel_size`).
 Every view ends with ToTensor + Normalize(data set mean, std). On 1-channel images (digits) the
 saturation and hue jitter do nothing and grayscale keeps one channel. All randomness comes from
 torch's global generator, which the training data set seeds per sample (see
@@ -47,8 +48,9 @@ class ViewSpec:
 
     RandomResizedCrop(``scale``, ratio 3/4-4/3, ``interpolation``) -> ColorJitter(``jitter`` =
     brightness, contrast, saturation, hue) with probability ``jitter_p`` -> grayscale with
-    ``grayscale_p`` -> Gaussian blur (sigma 0.1-2, kernel :func:`blur_kernel_size`) with ``blur_p`` ->
-    solarize (pixels >= 128 of 255 inverted) with ``solarize_p`` -> horizontal flip with ``flip_p``.
+    ``grayscale_p`` -> Gaussian blur (sigma 0.1-2, kernel :func:`blur_kernel_size` by the rule
+    ``blur_kernel``) with ``blur_p`` -> solarize (pixels >= 128 of 255 inverted) with
+    ``solarize_p`` -> horizontal flip with ``flip_p``.
     """
 
     scale: tuple[float, float] = (0.2, 1.0)
@@ -60,21 +62,42 @@ class ViewSpec:
     blur_p: float = 0.0
     flip_p: float = 0.5
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    blur_kernel: str = "3sigma"
 
 
 BLUR_SIGMA = (0.1, 2.0)
 
+#: The rules for the blur's kernel size (:func:`blur_kernel_size`), newest first. ``3sigma`` is
+#: what new runs use; ``10percent`` is the rule of earlier versions, which a run's config.yaml
+#: without ``blur_kernel`` was trained with (see :class:`~clusterprobe.trainer.config.TrainConfig`).
+BLUR_KERNEL_RULES = ("3sigma", "10percent")
+#: The rule of runs whose config.yaml does not record one (written before the rule was recorded).
+LEGACY_BLUR_KERNEL = "10percent"
 
-def blur_kernel_size(size: int) -> int:
-    """Gaussian blur kernel for ``size``-pixel images, odd: ~10 % of the image (SimCLR's rule) but
-    at least +-3 of the largest sigma, at most ``2 * size - 1`` (what reflect padding allows).
+
+def blur_kernel_size(size: int, rule: str = "3sigma") -> int:
+    """Gaussian blur kernel (taps, odd) for ``size``-pixel images, by ``rule``:
+
+    - ``3sigma``: ~10 % of the image (SimCLR's rule) but at least +-3 of the largest sigma, at
+      most ``2 * size - 1`` (what reflect padding allows): 13 taps at 32 px, 23 at 224 px.
+    - ``10percent``: ~10 % of the image, at least 3 (earlier versions): 3 taps at 32 px, 23 at
+      224 px. The two differ only below ~130 px.
 
     The references (solo-learn, the ReSA, BYOL and SwAV code) blur with PIL's
     ``ImageFilter.GaussianBlur(radius=sigma)``, a Gaussian of standard deviation ``sigma`` that is
     not truncated; 10 % of a 32-pixel image alone is a 3-tap kernel, whose blur at sigma 2 has a
-    sixth of that variance."""
-    k = max(int(0.1 * size) // 2 * 2 + 1, 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1)
-    return min(k, 2 * int(size) - 1)
+    sixth of that variance.
+
+    Raises:
+        TrainConfigError: an unknown rule.
+    """
+    tenth = int(0.1 * size) // 2 * 2 + 1
+    if rule == "3sigma":
+        return min(max(tenth, 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1), 2 * int(size) - 1)
+    if rule == "10percent":
+        return max(3, tenth)
+    raise TrainConfigError(f"Unknown blur kernel rule {rule!r}; use one of {', '.join(BLUR_KERNEL_RULES)} "
+                           "(3sigma for new runs).")
 
 
 def make_view(size: int, mean: Sequence[float], std: Sequence[float], spec: ViewSpec = ViewSpec()) -> T.Compose:
@@ -86,7 +109,8 @@ def make_view(size: int, mean: Sequence[float], std: Sequence[float], spec: View
     if spec.grayscale_p > 0:
         steps.append(T.RandomGrayscale(p=spec.grayscale_p))
     if spec.blur_p > 0:
-        steps.append(T.RandomApply([T.GaussianBlur(kernel_size=blur_kernel_size(size), sigma=BLUR_SIGMA)],
+        k = blur_kernel_size(size, spec.blur_kernel)
+        steps.append(T.RandomApply([T.GaussianBlur(kernel_size=k, sigma=BLUR_SIGMA)],
                                    p=spec.blur_p))
     if spec.solarize_p > 0:
         steps.append(T.RandomSolarize(threshold=128, p=spec.solarize_p))
@@ -111,13 +135,16 @@ class MultiView:
 
 
 def view_specs(recipe: str, crop_scale: Sequence[float] | None = None, blur: bool = False,
-               flip: bool = True) -> list[ViewSpec]:
+               flip: bool = True, blur_kernel: str = "3sigma") -> list[ViewSpec]:
     """The two :class:`ViewSpec` of ``recipe`` (see the module doc).
 
     ``crop_scale`` overrides the RandomResizedCrop scale range; ``blur`` adds ReSA's ImageNet
     blur (p=0.5 on the strong view); ``flip=False`` drops the horizontal flips (for images whose
-    mirror image is another class, such as digits).
+    mirror image is another class, such as digits); ``blur_kernel`` is the rule for the blur's
+    kernel size (:func:`blur_kernel_size`; a run keeps the one it was trained with).
     """
+    if blur_kernel not in BLUR_KERNEL_RULES:
+        blur_kernel_size(1, blur_kernel)  # raises, naming the rules
     if recipe == "resa":
         scale = tuple(crop_scale or (0.2, 1.0))
         specs = [ViewSpec(scale, "bilinear", jitter=None, grayscale_p=0.0),
@@ -133,7 +160,7 @@ def view_specs(recipe: str, crop_scale: Sequence[float] | None = None, blur: boo
         specs = [ViewSpec(scale, solarize_p=0.1)] * 2
     else:
         raise TrainConfigError(f"Unknown view recipe {recipe!r}; use one of {', '.join(VIEW_RECIPES)}.")
-    return [spec if flip else replace(spec, flip_p=0.0) for spec in specs]
+    return [replace(spec, blur_kernel=blur_kernel, flip_p=spec.flip_p if flip else 0.0) for spec in specs]
 
 
 def two_view_transform(
@@ -144,6 +171,8 @@ def two_view_transform(
     crop_scale: tuple[float, float] | None = None,
     blur: bool = False,
     flip: bool = True,
+    blur_kernel: str = "3sigma",
 ) -> MultiView:
     """The two views of ``recipe`` at ``size`` x ``size`` pixels, as PIL pipelines (see :func:`view_specs`)."""
-    return MultiView([make_view(size, mean, std, spec) for spec in view_specs(recipe, crop_scale, blur, flip)])
+    specs = view_specs(recipe, crop_scale, blur, flip, blur_kernel)
+    return MultiView([make_view(size, mean, std, spec) for spec in specs])
