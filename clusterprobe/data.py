@@ -382,8 +382,34 @@ def _from_image_folder(folder: tv_datasets.ImageFolder, info: DatasetInfo, descr
     )
 
 
+#: Folder names that mark ``root/<split>/<class>/`` layouts (``val``: ImageNet's and others').
+SPLIT_FOLDERS = ("train", "test", "val", "valid", "validation")
+
+
+def _split_root(root: Path, split: str) -> Path:
+    """``root/<split>`` when it holds class folders; ``root`` itself only when it has no split
+    folders at all (a flat ``root/<class>/`` tree).
+
+    Raises:
+        DatasetError: ``root`` has split folders but not ``split``: reading ``root`` as the class
+            tree would make each split folder one "class" (all of another split's images under
+            one label).
+    """
+    if _class_tree(root / split):
+        return root / split
+    present = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+    if present:
+        raise DatasetError(
+            f"{root} has no {split}/ folder of class sub-directories, but it has split folders "
+            f"({', '.join(name + '/' for name in present)}): read as one class tree, each of them would "
+            f"be one class. Put the {split} images in {root}/{split}/<class>/ (e.g. rename "
+            f"{present[-1]}/ to {split}/), or point the root (--data-root) at a folder of class folders."
+        )
+    return root
+
+
 def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageDataset:
-    folder_root = root / split if _class_tree(root / split) else root
+    folder_root = _split_root(root, split) if root.is_dir() else root
     if not _class_tree(folder_root):
         raise DatasetError(
             f"No image folder at {root}: expected class sub-directories ({root}/<class>/*.jpg or "

@@ -132,3 +132,25 @@ def test_training_on_imagefolder_without_image_size_suggests_the_images_size(tmp
     with pytest.raises(TrainConfigError, match=r"--image-size.*8x8 pixels: --image-size 8"):
         train({"dataset": "imagefolder", "data_root": str(tmp_path / "data"), "out": str(tmp_path / "run"),
                "epochs": 1, "batch_size": 4, "width": 4, "progress": False})
+
+
+def _tiny_tree(root, classes, n=2, size=(8, 8)):
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, (40 * label, 10 * i, 200)).save(root / name / f"{i}.png")
+
+
+def test_a_missing_split_folder_is_refused_not_read_as_the_class_tree(tmp_path):
+    """root/train/<class>/ without root/test/: the test split was read from root itself, whose
+    only "class" is train/ (every training image labelled 0, silently measured as the test set)."""
+    _tiny_tree(tmp_path / "train", ["a", "b", "c"])
+    assert load_dataset("imagefolder", root=tmp_path, split="train").classes == ["a", "b", "c"]
+    with pytest.raises(DatasetError, match=r"no test/ folder.*\(train/\).*rename train/ to test/"):
+        load_dataset("imagefolder", root=tmp_path, split="test")
+    _tiny_tree(tmp_path / "val", ["a", "b", "c"])  # ImageNet's naming
+    with pytest.raises(DatasetError, match=r"\(train/, val/\).*rename val/ to test/"):
+        load_dataset("imagefolder", root=tmp_path, split="test")
+    # a flat root/<class>/ tree is still read as one (the same images for either split)
+    _tiny_tree(tmp_path / "flat", ["x", "y"])
+    assert load_dataset("imagefolder", root=tmp_path / "flat", split="test").classes == ["x", "y"]
