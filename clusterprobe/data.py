@@ -408,6 +408,41 @@ def _split_root(root: Path, split: str) -> Path:
     return root
 
 
+def _class_folders(path: Path) -> list[str]:
+    """The class names torchvision's ImageFolder finds in ``path`` (sorted sub-directory names)."""
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
+def _check_splits_agree(root: Path, split: str, classes: Sequence[str]) -> None:
+    """Refuse ``root/<split>`` when the other split's class folders are not the same names.
+
+    A label is the position of its folder among the split's own sorted folder names, so with
+    another set of folders (a class missing from one split, a typo, an extra folder) one class
+    gets different labels in the two splits: probes trained on one split and scored on the
+    other, and every train/test comparison, would silently be wrong.
+
+    Raises:
+        DatasetError: the class folders differ; the message names the differences.
+    """
+    for other in SPLITS:
+        if other == split or not _class_tree(root / other):
+            continue
+        theirs = _class_folders(root / other)
+        if theirs == list(classes):
+            continue
+        parts = []
+        for name, mine, others in ((split, classes, theirs), (other, theirs, classes)):
+            only = sorted(set(mine) - set(others))
+            if only:
+                parts.append(f"only in {name}/: {', '.join(only[:5])}" + (f" and {len(only) - 5} more" if len(only) > 5 else ""))
+        raise DatasetError(
+            f"The class folders of {root / split} and {root / other} differ ({'; '.join(parts)}). A label is "
+            "the position of its folder among a split's sorted folder names, so one class would get "
+            "different labels in the two splits (probes and train/test comparisons would be wrong). Give "
+            "both splits the same class folders."
+        )
+
+
 def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageDataset:
     folder_root = _split_root(root, split) if root.is_dir() else root
     if not _class_tree(folder_root):
@@ -415,6 +450,8 @@ def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageD
             f"No image folder at {root}: expected class sub-directories ({root}/<class>/*.jpg or "
             f"{root}/{split}/<class>/*.jpg)."
         )
+    if folder_root != root:
+        _check_splits_agree(root, split, _class_folders(folder_root))
     folder = _image_folder(folder_root)
     description = {"name": "imagefolder", "root": str(folder_root.resolve())}
     if mean is None or std is None:
@@ -482,6 +519,7 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
     # ImageFolder layout: root/<split>/<class>/ (as in shared CIFAR-10 copies).
     if _class_tree(root / split):
         folder = _image_folder(root / split)
+        _check_splits_agree(root, split, folder.classes)
         if len(folder.classes) != num_classes:
             raise DatasetError(
                 f"{root / split} has {len(folder.classes)} class folders; {name} has {num_classes}."

@@ -1,3 +1,6 @@
+import shutil
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +157,23 @@ def test_a_missing_split_folder_is_refused_not_read_as_the_class_tree(tmp_path):
     # a flat root/<class>/ tree is still read as one (the same images for either split)
     _tiny_tree(tmp_path / "flat", ["x", "y"])
     assert load_dataset("imagefolder", root=tmp_path / "flat", split="test").classes == ["x", "y"]
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
+def test_splits_with_different_class_folders_are_refused(tmp_path, name):
+    """train/{a,b,c} and test/{a,c}: test's c was labelled 1, train's b; nothing said so."""
+    classes = list("abcdefghij") if name == "cifar10" else ["a", "b", "c"]
+    _tiny_tree(tmp_path / "train", classes)
+    _tiny_tree(tmp_path / "test", [c for c in classes if c != "b"] + (["z"] if name == "cifar10" else []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cifar10 on folders with other names warns as well
+        for split in ("train", "test"):
+            with pytest.raises(DatasetError, match=r"differ \(.*only in train/: b\b.*different labels") as error:
+                load_dataset(name, root=tmp_path, split=split)
+            assert ("only in test/: z" in str(error.value)) == (name == "cifar10")
+        _tiny_tree(tmp_path / "test", ["b"])  # the same folders: read, and a class has one label
+        if name == "cifar10":
+            shutil.rmtree(tmp_path / "test" / "z")
+        train, test = (load_dataset(name, root=tmp_path, split=s) for s in ("train", "test"))
+    assert train.classes == test.classes == classes
+    assert test.targets[[test._images.path(i).endswith("/c/0.png") for i in range(len(test))]].tolist() == [2]
