@@ -113,19 +113,40 @@ SKIP_HINT = ("or leave unreadable images out (clusterprobe extract --skip-unread
              "load_dataset(..., skip_unreadable=True)); they are listed in the bank's meta.json")
 
 
+class _PixelFormatError(ValueError):
+    """An image whose pixels have no known range to map to 8 bits (32-bit integer or float)."""
+
+
 def _decode(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as image:
+        if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+            # 16-bit grey (PNG opens as I;16, or I in older Pillow; TIFF): the full range 0..65535
+            # onto 0..255 (x * 255 / 65535, rounded). PIL's own convert() clips at 255, which
+            # turns every pixel above 255 of 65535 white.
+            pixels = np.asarray(image, dtype=np.float64)
+            return Image.fromarray(np.clip(np.rint(pixels / 257.0), 0, 255).astype(np.uint8)).convert("RGB")
+        if image.mode in ("I", "F") or image.mode.startswith(("I;32", "F;")):
+            raise _PixelFormatError(
+                f"its pixels are {'floating-point' if image.mode.startswith('F') else '32-bit integer'} "
+                f"numbers (PIL mode {image.mode}), whose range is unknown: PIL's conversion to 8-bit RGB "
+                "would clip them to black or white")
         return image.convert("RGB")  # convert() decodes every pixel: truncation shows here
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Decode the image file ``path`` fully, as RGB.
+    """Decode the image file ``path`` fully, as RGB (16-bit grey scaled from its full range).
 
     Raises:
-        DatasetError: the file is damaged, truncated or not an image; the message names it.
+        DatasetError: the file is damaged, truncated or not an image, or its pixels are 32-bit
+            integers or floats; the message names it.
     """
     try:
         return _decode(path)
+    except _PixelFormatError as error:
+        raise DatasetError(
+            f"Image {path} cannot be read as 8-bit RGB: {error}. Convert it to an 8- or 16-bit "
+            f"image (PNG, JPEG) with the range you mean, {SKIP_HINT}."
+        ) from None
     except _IMAGE_READ_ERRORS as error:
         raise DatasetError(
             f"Image {path} could not be read ({type(error).__name__}: {error}): the file is damaged, "

@@ -177,3 +177,33 @@ def test_splits_with_different_class_folders_are_refused(tmp_path, name):
         train, test = (load_dataset(name, root=tmp_path, split=s) for s in ("train", "test"))
     assert train.classes == test.classes == classes
     assert test.targets[[test._images.path(i).endswith("/c/0.png") for i in range(len(test))]].tolist() == [2]
+
+
+def test_16_bit_grey_images_are_scaled_from_their_full_range_and_float_images_refused(tmp_path):
+    """PIL's convert('RGB') clips 16-bit pixels at 255: a 16-bit PNG became white wherever its
+    value exceeded 255 of 65535 (all but the darkest pixels), silently."""
+    rng = np.random.default_rng(0)
+    originals = {}
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            pixels = rng.integers(0, 65536, size=(8, 8), dtype=np.uint16)
+            Image.fromarray(pixels).save(tmp_path / split / name / "0.png")
+            originals[split, name] = pixels
+    assert Image.open(tmp_path / "test" / "a" / "0.png").mode.startswith("I;16")
+    data = load_dataset("imagefolder", root=tmp_path, split="test", transform=None)
+    for index, name in enumerate(("a", "b")):
+        expected = np.rint(originals["test", name].astype(np.float64) * 255 / 65535)
+        got = np.asarray(data.image(index), dtype=np.float64)
+        assert got.shape == (8, 8, 3) and np.array_equal(got[..., 0], expected) and np.array_equal(got[..., 2], expected)
+    # the normalisation statistics are measured on the same (scaled) pixels: mean ~0.5, not ~1
+    train = load_dataset("imagefolder", root=tmp_path, split="train")
+    scaled = np.concatenate([np.rint(originals["train", n].astype(np.float64) * 255 / 65535).ravel() / 255 for n in ("a", "b")])
+    np.testing.assert_allclose(train.info.mean, [scaled.mean()] * 3, atol=1e-4)
+
+    Image.fromarray(rng.random((8, 8), dtype=np.float32)).save(tmp_path / "test" / "b" / "1.tif")
+    data = load_dataset("imagefolder", root=tmp_path, split="test", transform=None)
+    with pytest.raises(DatasetError, match=r"1\.tif cannot be read as 8-bit RGB: .*floating-point.*mode F.*Convert it"):
+        data.image(2)
+    skipped = load_dataset("imagefolder", root=tmp_path, split="test", skip_unreadable=True)
+    assert len(skipped) == 2 and skipped.description["skipped_unreadable"][0]["file"].endswith("1.tif")
