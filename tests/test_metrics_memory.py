@@ -15,6 +15,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import silhouette_samples as sk_samples
 
 from clusterprobe.metrics import (
@@ -136,6 +137,35 @@ def test_kmeans_normalises_into_a_scratch_file(bank, small_budget, monkeypatch, 
     np.testing.assert_array_equal(streamed.labels, whole.labels)
     np.testing.assert_array_equal(streamed.centroids, whole.centroids)
     np.testing.assert_array_equal(streamed.objective, whole.objective)
+
+
+def test_torch_kmeans_seeds_from_a_sample_within_the_budget(bank, small_budget, monkeypatch):
+    """The torch backend on a memory map too large for the budget: its k-means++ sample (768 rows,
+    768 KiB here, as 262,144 rows and 2 GiB of an ImageNet bank) is itself over the 96 KiB budget,
+    so it is read a chunk at a time like the rows, never copied whole; seeds and clusterings equal
+    those made with everything in memory."""
+    from clusterprobe.metrics import _torch_search
+    from clusterprobe.metrics._stream import DeviceRows
+
+    X = bank[0]
+    monkeypatch.setattr(_torch_search, "SEED_MIN_POINTS", 0)
+    monkeypatch.setattr(_torch_search, "SEED_POINTS_PER_CENTROID", 64)
+    assert _torch_search.seeding_sample_size(N, K) == 768
+    cpu = torch.device("cpu")
+
+    def seeds():
+        rows = DeviceRows(X, None, cpu, normalize=True)
+        return _torch_search.kmeans_plus_plus(rows, K, torch.Generator().manual_seed(0)).numpy()
+
+    streamed, peak = peak_bytes(seeds)
+    assert peak < BOUND  # the sample gathered whole would be a quarter of a copy of X: 768 KiB
+    np.testing.assert_array_equal(streamed, one_chunk(monkeypatch, seeds))
+    run = lambda: kmeans(X, K, seeds=2, niter=10, device="cpu", backend="torch")  # noqa: E731
+    clustered, peak = peak_bytes(run)
+    assert peak < BOUND
+    whole = one_chunk(monkeypatch, run)
+    np.testing.assert_array_equal(clustered.labels, whole.labels)
+    np.testing.assert_allclose(clustered.centroids, whole.centroids, atol=1e-6)
 
 
 @pytest.mark.parametrize("protocol", ["weighted-cosine", "majority-euclidean"])

@@ -201,22 +201,28 @@ def test_rows_shared_among_devices_give_the_one_device_results(monkeypatch):
     assert _torch_search.devices_for(CPU) == [CPU]
 
 
+@pytest.mark.parametrize("sampled", [False, True])
 @pytest.mark.parametrize("normalize", [True, False])
-def test_faiss_gpu_k_means_is_seeded_on_the_gpu_like_the_torch_backend(normalize, monkeypatch):
+def test_faiss_gpu_k_means_is_seeded_on_the_gpu_like_the_torch_backend(normalize, sampled, monkeypatch):
     """With FAISS's GPU build, k-means++ seeds are drawn by the torch backend on the GPU (FAISS
     seeds on one CPU thread: minutes per seed at ImageNet scale), then FAISS runs Lloyd from
-    them: the same clustering as the torch backend, seed for seed. Here the GPU is the CPU and
-    FAISS's GPU flag is left off (this FAISS has no GPU)."""
+    them: the same clustering as the torch backend, seed for seed, also when the seeds come from a
+    sample of the rows (``sampled``: 224 of 900 here, as 262,144 of ImageNet's 1,281,167). Here the
+    GPU is the CPU and FAISS's GPU flag is left off (this FAISS has no GPU)."""
     from clusterprobe.metrics import clustering
 
+    if sampled:
+        monkeypatch.setattr(_torch_search, "SEED_MIN_POINTS", 0)
+        monkeypatch.setattr(_torch_search, "SEED_POINTS_PER_CENTROID", 32)
+        assert _torch_search.seeding_sample_size(900, 7) == 224
     X, _ = blobs(n=900, d=8, spread=1.5)
     asked = []
-    monkeypatch.setattr(clustering, "faiss_use_gpu", lambda device: True)
-    monkeypatch.setattr(clustering, "_gpu_for_seeding", lambda device: asked.append(device) or CPU)
-    real_once = clustering._kmeans_once
-    monkeypatch.setattr(clustering, "_kmeans_once", lambda *a, **kw: real_once(*a, **{**kw, "gpu": False}))
-    seeded = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cuda", backend="faiss")
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(clustering, "faiss_use_gpu", lambda device: True)
+        m.setattr(clustering, "_gpu_for_seeding", lambda device: asked.append(device) or CPU)
+        real_once = clustering._kmeans_once
+        m.setattr(clustering, "_kmeans_once", lambda *a, **kw: real_once(*a, **{**kw, "gpu": False}))
+        seeded = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cuda", backend="faiss")
     assert asked == ["cuda"]
     torch_result = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cpu", backend="torch")
     np.testing.assert_array_equal(seeded.labels, torch_result.labels)
@@ -225,3 +231,130 @@ def test_faiss_gpu_k_means_is_seeded_on_the_gpu_like_the_torch_backend(normalize
     # without the GPU flag FAISS seeds itself: other draws
     plain = kmeans(X, 7, seeds=[3, 11], normalize=normalize, niter=6, tol=0.0, device="cpu", backend="faiss")
     assert not np.array_equal(plain.centroids, seeded.centroids)
+
+
+# -- k-means++ on a sample: bounded seeding when the rows are not resident --------------------------
+class HostBank:
+    """A memory-mapped bank's stand-in: float32 rows on the host that count every row read from them
+    (slices, gathers and whole-array copies, all the ways DeviceRows and RowSubset read)."""
+
+    def __init__(self, X: np.ndarray):
+        self.X, self.rows_read = X, 0
+
+    shape = property(lambda self: self.X.shape)
+    dtype = property(lambda self: self.X.dtype)
+    ndim = 2
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, key):
+        out = self.X[key]
+        self.rows_read += out.shape[0]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        self.rows_read += len(self.X)
+        return self.X if dtype is None else self.X.astype(dtype)
+
+
+def separated(n=20000, d=16, classes=10, seed=0):
+    """Blobs far apart on orthogonal directions (unequal sizes, the smallest 1/55 of the rows): every
+    k-means++ draw puts one seed in each blob, so k-means recovers the classes exactly."""
+    rng = np.random.default_rng(seed)
+    centers = 10 * np.linalg.qr(rng.standard_normal((d, classes)))[0].T
+    y = rng.choice(classes, n, p=np.arange(1, classes + 1) / (classes * (classes + 1) / 2))
+    return (centers[y] + 0.02 * rng.standard_normal((n, d))).astype(np.float32), y
+
+
+def test_the_seeding_sample_is_a_rule_of_n_and_k():
+    size = _torch_search.seeding_sample_size
+    assert size(1_281_167, 1000) == 262_144  # ImageNet train at k = 1000: 2 GiB at d = 2048
+    assert size(1_281_167, 2000) == 512_000  # 256 points per centroid beyond 2**18
+    assert size(1_281_167, 5005) == 1_281_167  # more than n: every row
+    assert size(50_000, 10) == size(50_000, 1000) == 50_000  # CIFAR, ImageNet val: every row, as before
+    assert size(262_144, 10) == 262_144 and size(262_145, 10) == 262_144
+
+
+def test_non_resident_seeding_reads_the_bank_once_not_once_per_centroid(monkeypatch):
+    """k-means++ used to make one pass over the rows per centroid, read from the host when they are
+    not resident (ImageNet, k = 1000: a thousand passes over 10.5 GB). It now reads its sample of
+    the rows once; the Lloyd iterations and the assignment still read every row."""
+    monkeypatch.setattr(_torch_search, "SEED_MIN_POINTS", 1024)
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "256K")  # the bank (1.25 MiB) is not resident, the sample is
+    X, _ = separated()
+    n, k = len(X), 8
+    m = _torch_search.seeding_sample_size(n, k)
+    assert m == 2048
+    bank = HostBank(X)
+    rows = DeviceRows(bank, None, CPU, normalize=True)
+    assert rows.resident is None and bank.rows_read == 0
+    seeds = _torch_search.kmeans_plus_plus(rows, k, torch.Generator().manual_seed(0))
+    assert bank.rows_read == m  # the sample, once (the old seeding: (k - 1) n + k = 140,008 rows)
+    bank.rows_read = 0
+    _torch_search.kmeans_plus_plus(rows, k, torch.Generator().manual_seed(0), sample=n)  # every row, as before
+    assert bank.rows_read == (k - 1) * n + k
+    # the seeds are rows of the seed's own uniform sample
+    index = _torch_search.seeding_sample(n, m, torch.Generator().manual_seed(0))
+    assert len(np.unique(index)) == m and np.all(np.diff(index) > 0) and index.max() < n
+    np.testing.assert_array_equal((seeds.numpy()[:, None, :] == l2_normalize(X[index])[None]).all(2).sum(1), 1)
+    # Lloyd and the assignment: every row at each pass, from those seeds
+    bank.rows_read = 0
+    _torch_search.kmeans_once(rows, k, 0, 2, 0.0, True)
+    assert bank.rows_read == m + 2 * n + n
+    # a sample too large for the working memory is read a chunk at a time: still m rows a pass
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "64K")
+    rows = DeviceRows(bank, None, CPU, normalize=True)
+    bank.rows_read = 0
+    streamed = _torch_search.kmeans_plus_plus(rows, k, torch.Generator().manual_seed(0))
+    assert bank.rows_read == (k - 1) * (m + 1) + 1  # k - 1 passes over the sample, k single rows
+    np.testing.assert_array_equal(streamed.numpy(), seeds.numpy())
+
+
+def test_sampled_seeds_depend_on_the_seed_not_on_where_the_rows_are(monkeypatch):
+    """The same seed gives the same centroids from resident rows, from rows read a chunk at a time, from
+    rows shared among devices, and from FAISS's GPU seeding (which sends only the sample to the GPU)."""
+    from clusterprobe.metrics import clustering
+
+    monkeypatch.setattr(_torch_search, "SEED_MIN_POINTS", 0)
+    X, _ = separated(n=6000, d=16, classes=6)
+    k = 6
+    assert _torch_search.seeding_sample_size(len(X), k) == 1536
+
+    def seeds(rows, seed):
+        return _torch_search.kmeans_plus_plus(rows, k, torch.Generator().manual_seed(seed)).numpy()
+
+    resident = DeviceRows(X, None, CPU, normalize=True)
+    assert resident.resident is not None
+    reference = seeds(resident, 5)
+    np.testing.assert_array_equal(seeds(resident, 5), reference)  # deterministic
+    assert not np.array_equal(seeds(resident, 6), reference)  # another seed, another sample and draws
+    exact = _torch_search.kmeans_plus_plus(resident, k, torch.Generator().manual_seed(5), sample=len(X)).numpy()
+    assert not np.array_equal(exact, reference)  # the sample is drawn first
+    np.testing.assert_array_equal(seeds(_torch_search.Shards(X, [CPU, CPU, CPU], normalize=True), 5), reference)
+    bank = HostBank(l2_normalize(X))
+    faiss_gpu = clustering._torch_seeds(bank, k, (5, 6), CPU)  # as FAISS's GPU build is seeded
+    assert bank.rows_read == 2 * 1536  # one sample per seed; the whole bank never goes to the device
+    np.testing.assert_array_equal(faiss_gpu[0], reference)
+    np.testing.assert_array_equal(faiss_gpu[1], seeds(resident, 6))
+    monkeypatch.setenv("CLUSTERPROBE_METRICS_MEMORY", "16K")  # neither the rows nor the sample resident
+    streamed = DeviceRows(X, None, CPU, normalize=True)
+    assert streamed.resident is None
+    np.testing.assert_array_equal(seeds(streamed, 5), reference)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_sampled_seeding_finds_the_clusters_exact_seeding_finds(normalize, monkeypatch):
+    """Unequal, well-separated blobs (the smallest has 355 of 20,000 rows): k-means seeded from a
+    2,560-row sample recovers the classes for every seed, as seeding from every row does, and
+    reaches the same objective."""
+    X, y = separated()
+    exact = kmeans(X, 10, seeds=4, normalize=normalize, device="cpu", backend="torch")
+    monkeypatch.setattr(_torch_search, "SEED_MIN_POINTS", 0)
+    assert _torch_search.seeding_sample_size(len(X), 10) == 2560
+    sampled = kmeans(X, 10, seeds=4, normalize=normalize, device="cpu", backend="torch")
+    assert not np.array_equal(sampled.centroids, exact.centroids)  # other seeds were drawn
+    for result in (exact, sampled):
+        assert min(nmi(y, labels) for labels in result.labels) >= 0.99
+    # the same optimum, to float32 rounding of the expanded distances (Euclidean: |x|^2 ~ 100, sum ~ 128)
+    np.testing.assert_allclose(sampled.objective, exact.objective, rtol=1e-5)

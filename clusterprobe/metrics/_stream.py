@@ -16,6 +16,7 @@ that is free or fits, else a chunk at a time.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Iterator
@@ -129,21 +130,26 @@ class DeviceRows:
     working-memory budget, or, on a GPU, when it fits in half of the GPU's free memory (sent
     chunk by chunk). Otherwise they are read from ``X`` whenever asked for, ``chunk`` rows
     (within the budget, with ``bytes_per_row`` of the caller's buffers) at a time.
+    ``hold=False`` makes no resident copy whatever it would fit (a caller that reads only a
+    :meth:`subset` of the rows); a tensor ``X``, or the CPU's zero-copy view, is still used as it is.
     """
 
-    def __init__(self, X, scale, device: torch.device, bytes_per_row: float = 0.0, normalize: bool = False):
+    def __init__(self, X, scale, device: torch.device, bytes_per_row: float = 0.0, normalize: bool = False,
+                 hold: bool = True):
         if scale is not None and normalize:
             raise ValueError("DeviceRows: standardise or normalise, not both")
         self.X, self.scale, self.device, self.normalize = X, scale, device, bool(normalize)
         self.n, self.d = int(X.shape[0]), int(X.shape[1])
         # the chunk, its standardised copy and the caller's per-row buffers within the budget
         self.chunk = chunk_rows(8 * self.d + bytes_per_row, minimum=64)
-        self.resident = self._resident()
+        self.resident = self._resident(hold)
 
-    def _resident(self) -> torch.Tensor | None:
+    def _resident(self, hold: bool = True) -> torch.Tensor | None:
         X, nbytes = self.X, 4.0 * self.n * self.d
         if isinstance(X, torch.Tensor):
             return X
+        if not hold:
+            nbytes = math.inf  # only the copy-free view below
         if self.device.type == "cuda" and nbytes < 0.5 * torch.cuda.mem_get_info(self.device)[0]:
             out = torch.empty((self.n, self.d), dtype=torch.float32, device=self.device)
             for start, stop in chunks(self.n, self.chunk):
@@ -184,6 +190,17 @@ class DeviceRows:
         if self.resident is not None:
             return self.resident[index]
         return to_tensor(self._prepare(take(self.X, index.cpu().numpy())), self.device)
+
+    def subset(self, index: np.ndarray) -> "DeviceRows":
+        """Rows ``index`` (int64, within 0..n; sorted reads the host in order) as rows of their own
+        on ``device``, prepared as these are. Gathered on the device from resident rows there (a
+        GPU, or rows handed in as a tensor); otherwise read from ``X`` by the usual rule (resident
+        when they fit, else a chunk at a time), so host memory stays within the budget even when
+        these rows are a zero-copy view. The values are the same either way."""
+        index = np.asarray(index, dtype=np.int64)
+        if self.resident is not None and (self.device.type != "cpu" or isinstance(self.X, torch.Tensor)):
+            return DeviceRows(self.resident[torch.from_numpy(index).to(self.device)], None, self.device)
+        return DeviceRows(RowSubset(self.X, index), self.scale, self.device, normalize=self.normalize)
 
 
 def to_tensor(X: np.ndarray, device: torch.device) -> torch.Tensor:

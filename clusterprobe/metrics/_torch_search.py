@@ -14,7 +14,9 @@ Lloyd k-means follows FAISS's definitions: squared Euclidean distances, or, sphe
 products with centroids renormalised to unit length after each update; the objective is the sum
 over points of the best distance (or inner product) to the centroids of that iteration; an empty
 cluster takes over half of a large cluster (its centroid split in two, FAISS's rule). The
-initialisation is k-means++ (squared Euclidean distance sampling), seeded.
+initialisation is k-means++ (squared Euclidean distance sampling), seeded, on a uniform sample of
+at most :func:`seeding_sample_size` rows (every row of sets up to 2**18 rows); the Lloyd
+iterations use every row.
 """
 
 from __future__ import annotations
@@ -25,9 +27,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._stream import DeviceRows, RowSubset, memory_budget
+from ._stream import DeviceRows, RowSubset, chunks, memory_budget
 
 EPS = 1.0 / 1024.0  # FAISS's relative perturbation when splitting a cluster for an empty one
+
+#: k-means++ seeds from a uniform sample of this many rows per centroid (FAISS's default
+#: ``max_points_per_centroid``: the sample FAISS seeds and trains all of its k-means on)...
+SEED_POINTS_PER_CENTROID = 256
+#: ...but from every row of a set up to this size (2**18 rows: 2 GiB at d = 2048)
+SEED_MIN_POINTS = 2**18
+
+
+def seeding_sample_size(n: int, k: int) -> int:
+    """Rows k-means++ seeds from: ``min(n, max(256 k, 2**18))`` (:data:`SEED_POINTS_PER_CENTROID`,
+    :data:`SEED_MIN_POINTS`).
+
+    A function of n and k only, never of where the rows are or of the memory free, so a seed gives
+    the same centroids whether the rows are resident on the device or read from the host, on a
+    large GPU or a small one, with FAISS's GPU build or the torch backend. Sets up to 2**18 rows
+    (CIFAR, ImageNet's validation set, ImageNet-100) are seeded from every row, as before. At
+    ImageNet size (1,281,167 rows, k = 1000) the seeds come from 262,144 rows, which take 2 GiB at
+    d = 2048: the k passes of k-means++ then run over that sample held on the device (one read
+    of it from the host) instead of over the bank, a thousand times over PCIe when it is not
+    resident. 256 points per centroid is FAISS's default bound for training (seeding and Lloyd
+    iterations alike); scikit-learn's MiniBatchKMeans seeds from 3 max(batch, k) rows.
+    """
+    return int(min(n, max(SEED_POINTS_PER_CENTROID * k, SEED_MIN_POINTS)))
+
+
+def seeding_sample(n: int, size: int, generator: torch.Generator) -> np.ndarray:
+    """``size`` distinct rows of ``n``, uniformly at random from ``generator`` (int64, sorted so
+    that the host is read in order)."""
+    return torch.randperm(n, generator=generator)[:size].sort().values.numpy()
 
 
 def devices_for(device: torch.device) -> list[torch.device]:
@@ -49,6 +80,7 @@ class Shards:
     rows on the first device, where results are reduced."""
 
     def __init__(self, X, devices: list[torch.device], *, bytes_per_row: float = 0.0, normalize: bool = False):
+        self.X, self.normalize = X, bool(normalize)
         self.n, self.d = int(X.shape[0]), int(X.shape[1])
         self.device = devices[0]
         bounds = np.linspace(0, self.n, len(devices) + 1).round().astype(int)
@@ -77,6 +109,19 @@ class Shards:
                 out[where] = rows.take((index[mask] - offset).to(rows.device)).to(self.device)
         return out
 
+    def subset(self, index: np.ndarray) -> DeviceRows:
+        """Rows ``index`` (int64, sorted) as rows of their own on the first device
+        (:meth:`DeviceRows.subset`): gathered from the devices when every share is resident there,
+        else read from the host."""
+        if len(self.parts) == 1 and self.parts[0][0] == 0:
+            return self.parts[0][1].subset(index)
+        if all(rows.resident is not None and rows.device.type != "cpu" for _, rows in self.parts):
+            out = torch.empty((len(index), self.d), dtype=torch.float32, device=self.device)
+            for start, stop in chunks(len(index), self.parts[0][1].chunk):
+                out[start:stop] = self.take(torch.from_numpy(np.asarray(index[start:stop], dtype=np.int64)))
+            return DeviceRows(out, None, self.device)
+        return DeviceRows(RowSubset(self.X, index), None, self.device, normalize=self.normalize)
+
 
 class _OnDevices:
     """A small tensor (centroids) copied once to each device that asks for it."""
@@ -101,9 +146,19 @@ def _best(piece: torch.Tensor, centroids: torch.Tensor, spherical: bool) -> tupl
     return (value + (piece * piece).sum(dim=1)).clamp_(min=0.0), index
 
 
-def kmeans_plus_plus(rows: Shards | DeviceRows, k: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans_plus_plus(rows: Shards | DeviceRows, k: int, generator: torch.Generator, *,
+                     sample: int | None = None) -> torch.Tensor:
     """k-means++ seeding: the first centroid uniformly, each next one with probability
     proportional to the squared distance to the nearest centroid so far. Returns (k, d) float32.
+
+    The centroids are drawn from ``sample`` rows (default :func:`seeding_sample_size`: every row up
+    to 2**18 rows, else ``max(256 k, 2**18)``), chosen uniformly without replacement by
+    ``generator`` before anything else is drawn: k-means++ of that sample. The sample is taken
+    with :meth:`~._stream.DeviceRows.subset`: from resident rows on the device, else one read of
+    those rows from the host (held on the device when they fit, as any rows are), so rows that are
+    not resident are not read once per centroid. Its size never depends on where the rows are, so
+    the centroids do not either. With ``sample >= n`` (the rule for sets up to 2**18 rows) the
+    draws are exactly those of k-means++ on all rows.
 
     One pass over the rows per centroid (O(n k d) in all, like one Lloyd iteration), each as fast
     as a matrix-vector product: ``torch.cdist`` without the matrix-product expansion, which would
@@ -113,6 +168,9 @@ def kmeans_plus_plus(rows: Shards | DeviceRows, k: int, generator: torch.Generat
     the data; the sampling (a float64 cumulative sum and a binary search) stays on the device, so
     with resident rows the loop never waits for the GPU. A point already chosen (distance 0) is
     never chosen again; if every point coincides with a centroid, a uniformly drawn one is taken."""
+    size = seeding_sample_size(rows.n, k) if sample is None else max(int(k), int(sample))
+    if size < rows.n:
+        rows = rows.subset(seeding_sample(rows.n, size, generator))
     n, d = rows.n, rows.d
     device = rows.device
     first = torch.randint(n, (1,), generator=generator)

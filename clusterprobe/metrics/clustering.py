@@ -5,7 +5,12 @@ classes, features L2-normalised (spherical k-means), 3 seeds reported as mean an
 initialisation, Lloyd iterations until the objective changes by less than 1e-4 (relative, as
 scikit-learn's default tolerance; at most 100 iterations).
 FAISS by default trains on at most 256 points per centroid, silently subsampling larger sets;
-:func:`kmeans` always trains on every point.
+:func:`kmeans` always trains on every point: every Lloyd iteration and the final assignment use
+all n rows. Seeding: FAISS on the CPU draws its k-means++ seeds from every row too; the torch
+backend, and FAISS's GPU build (seeded by it), draw them from a uniform sample of
+``min(n, max(256 k, 2**18))`` rows (:func:`~._torch_search.seeding_sample_size`: every row up
+to 262,144 rows; 262,144 of ImageNet's 1,281,167 at k = 1000), the same whatever the device and
+its free memory.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from ..devices import resolve_device
 from ._device import SMALL_WORK, faiss_module, faiss_use_gpu, search_backend, threads_for
 from ..linalg import l2_normalize
 from . import _torch_search
-from ._stream import chunk_rows, chunks, fits, read
+from ._stream import DeviceRows, chunk_rows, chunks, fits, read
 from ._validation import (
     MetricsError,
     as_features,
@@ -160,7 +165,10 @@ def kmeans(
     ``backend``: 'faiss', 'torch' (Lloyd iterations as torch matrix products on ``device``,
     :mod:`~clusterprobe.metrics._torch_search`), or 'auto' (default): torch on a CUDA device that
     FAISS cannot use (pip's faiss-cpu), FAISS otherwise. Both implement the same algorithm; their
-    k-means++ draws differ, so the clusterings of one seed differ as two seeds' do.
+    k-means++ draws differ, so the clusterings of one seed differ as two seeds' do. The torch
+    backend (and FAISS's GPU build, which it seeds) draws the k-means++ seeds from a uniform
+    sample of ``min(n, max(256 k, 2**18))`` rows, a rule of n and k alone (so the same seed gives
+    the same seeds on any GPU, rows resident or not); the Lloyd iterations use every row.
 
     Returns a :class:`KMeansResult`: ``labels`` (n_seeds, n), ``centroids`` (n_seeds, k, d),
     ``objective`` (n_seeds,).
@@ -213,8 +221,11 @@ def _gpu_for_seeding(device: str) -> torch.device:
 
 def _torch_seeds(data: np.ndarray, k: int, seeds: tuple[int, ...], device: torch.device) -> list[np.ndarray]:
     """k-means++ centroids (k, d) for each seed, drawn by the torch backend on ``device`` from
-    ``data`` as FAISS will cluster it (normalised already): the seeding the torch backend makes."""
-    rows = _torch_search.Shards(data, [device])
+    ``data`` as FAISS will cluster it (normalised already): the seeding the torch backend makes,
+    on its sample of :func:`~._torch_search.seeding_sample_size` rows. When that is a sample, only
+    its rows go to the device (one read of them per seed), not the whole of ``data``."""
+    whole = _torch_search.seeding_sample_size(data.shape[0], k) >= data.shape[0]
+    rows = _torch_search.Shards(data, [device]) if whole else DeviceRows(data, None, device, hold=False)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     out = [_torch_search.kmeans_plus_plus(rows, k, g).cpu().numpy() for g in generators]
     del rows
