@@ -8,13 +8,23 @@ FAISS has no GPU build. Its k-means++ seeding makes one pass over the rows per c
 passes), so at k = 1000 it can cost more than the Lloyd iterations that follow; this prints where
 the time goes:
 
-- ``init``: k-means++ seeding alone, torch (on ``--device``) and FAISS (CPU, ``niter=0``);
+- ``init``: k-means++ seeding alone, torch (on ``--device``; from its sample of
+  ``seeding_sample_size(n, k)`` rows, every row up to 2**18) and FAISS (CPU, ``niter=0``, every row);
 - ``lloyd``: one Lloyd iteration of the torch backend (the mean of ``--niter``);
 - ``total``: ``kmeans(..., niter=--niter, tol=0)`` with each backend, init included, and the
   final objectives (different seeds' draws: equal only to within k-means's own spread).
 
 Ratios: torch/FAISS for init and total, and init / one Lloyd iteration for the torch backend
 (FAISS's own k-means++ is about one ``n d`` pass per centroid on one CPU thread).
+
+``--non-resident`` times the case where the rows are not held on the device (a bank larger than
+half the free GPU memory, or on the CPU a float16 bank over the working-memory budget; emulated
+with float16 rows read from the host at every pass): k-means++ from its sample of
+``seeding_sample_size(n, k)`` rows (read once) against k-means++ from every row (one read of the
+bank per centroid: timed for ``--exact-k`` centroids and extrapolated to k, each pass costing the
+same), and one streamed Lloyd iteration. The sample only applies above 2**18 rows, e.g.
+
+    python benchmarks/kmeans_backends.py --non-resident --n 400000 --dim 64 --k 100 --skip-faiss
 """
 
 from __future__ import annotations
@@ -61,18 +71,26 @@ def main() -> None:
     parser.add_argument("--niter", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-faiss", action="store_true", help="torch only (FAISS on the CPU is slow at ImageNet size)")
+    parser.add_argument("--non-resident", action="store_true",
+                        help="also time seeding with the rows read from the host (float16), sample vs every row")
+    parser.add_argument("--exact-k", type=int, default=20,
+                        help="with --non-resident: centroids timed for seeding from every row (extrapolated to k)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
     X = synthetic(args.n, args.dim, args.k)
     print(f"rows {args.n} x {args.dim}, k {args.k}, device {device}, torch threads {torch.get_num_threads()}")
+    if args.non_resident:
+        non_resident(X, args.k, args.exact_k, args.niter, device)
 
     rows = DeviceRows(X, None, device, bytes_per_row=12.0 * args.k)
     print(f"torch rows resident on {device}: {rows.resident is not None}")
     centroids, t_init = timed(lambda: _torch_search.kmeans_plus_plus(rows, args.k, torch.Generator().manual_seed(1)))
     _, t_lloyd = timed(lambda: _torch_search.lloyd(rows, centroids, args.niter, 0.0, False, torch.Generator().manual_seed(1)))
     t_lloyd /= args.niter
-    print(f"torch: init {t_init:.2f} s, one Lloyd iteration {t_lloyd:.3f} s: init = {t_init / t_lloyd:.1f} iterations")
+    m = _torch_search.seeding_sample_size(args.n, args.k)
+    print(f"torch: init {t_init:.2f} s (k-means++ from {m} of {args.n} rows), one Lloyd iteration {t_lloyd:.3f} s: "
+          f"init = {t_init / t_lloyd:.1f} iterations")
 
     result_t, t_total_t = timed(lambda: kmeans(X, args.k, seeds=1, normalize=False, niter=args.niter, tol=0.0,
                                                device=str(device), backend="torch"))
@@ -95,6 +113,26 @@ def main() -> None:
     print(f"FAISS (CPU): init {f_init:.2f} s, kmeans total {f_total:.2f} s, objective {result_f.objective[0]:.6g}")
     print(f"ratios torch/FAISS: init {t_init / f_init:.2f}, total {t_total_t / f_total:.2f}; "
           f"objective {result_t.objective[0] / result_f.objective[0]:.4f}")
+
+
+def non_resident(X: np.ndarray, k: int, exact_k: int, niter: int, device: torch.device) -> None:
+    """Seeding and one Lloyd iteration with the rows read from the host (float16) at every pass."""
+    n = len(X)
+    half = X.astype(np.float16)  # a float16 bank: no zero-copy view, every read widens a chunk
+    rows = DeviceRows(half, None, device, bytes_per_row=12.0 * k, hold=False)
+    m = _torch_search.seeding_sample_size(n, k)
+    print(f"non-resident float16 rows: k-means++ sample {m} of {n} rows"
+          + ("" if m < n else " (every row: the sample applies above 2**18 rows)"))
+    sampled, t_sample = timed(lambda: _torch_search.kmeans_plus_plus(rows, k, torch.Generator().manual_seed(1)))
+    few = max(2, min(k, exact_k))
+    _, t_few = timed(lambda: _torch_search.kmeans_plus_plus(rows, few, torch.Generator().manual_seed(1), sample=n))
+    t_exact = t_few / (few - 1) * (k - 1)  # (few - 1) passes over the rows took t_few
+    _, t_lloyd = timed(lambda: _torch_search.lloyd(rows, sampled, niter, 0.0, False, torch.Generator().manual_seed(1)))
+    t_lloyd /= niter
+    print(f"non-resident: seeding from the sample {t_sample:.2f} s; from every row ~{t_exact:.1f} s "
+          f"({few - 1} passes timed, {t_exact / (k - 1):.3f} s each): {t_exact / t_sample:.1f}x; "
+          f"one streamed Lloyd iteration {t_lloyd:.2f} s (seeding = {t_sample / t_lloyd:.1f} iterations, "
+          f"was ~{t_exact / t_lloyd:.0f})")
 
 
 if __name__ == "__main__":
