@@ -281,6 +281,9 @@ def load_dataset(
         )
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use 'train' or 'test'.")
+    image_size = _check_image_size(image_size)
+    channels = 1 if name == "digits" else 3
+    mean, std = _channel_values(mean, "mean", name, channels), _channel_values(std, "std", name, channels)
     if name == "digits":
         dataset = _digits(split)
     else:
@@ -311,6 +314,54 @@ def load_dataset(
          "transform": describe_transform(transform), "info": asdict(dataset.info)}
     )
     return dataset
+
+
+def _check_image_size(image_size) -> int | None:
+    """``image_size`` as an int >= 1 (or None).
+
+    Raises:
+        DatasetError: not a positive whole number (0 was taken as "no resize", a negative size
+            failed inside PIL).
+    """
+    if image_size is None:
+        return None
+    try:
+        size = int(image_size)
+        whole = not isinstance(image_size, bool) and size == image_size
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or size < 1:
+        raise DatasetError(
+            f"image_size must be a whole number of pixels >= 1 (--image-size N), got {image_size!r}; "
+            "leave it out to keep the images' own size."
+        )
+    return size
+
+
+def _channel_values(values: Sequence[float] | None, what: str, name: str, channels: int) -> tuple[float, ...] | None:
+    """``mean``/``std`` as one float per channel (a single value is used for every channel).
+
+    Raises:
+        DatasetError: another number of values than channels (torch failed on it mid-extraction,
+            or broadcast it unnoticed), a value that is not finite, or a std that is not > 0.
+    """
+    if values is None:
+        return None
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{what} must be numbers, one per channel; got {values!r}.") from None
+    example = ",".join(["0.5"] * channels)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels:
+        raise DatasetError(
+            f"{what} has {len(values)} values but {name} images have {channels} channel"
+            f"{'s' if channels > 1 else ''}: give one value per channel (--{what} {example}) or one for all."
+        )
+    if not all(np.isfinite(values)) or (what == "std" and min(values) <= 0):
+        raise DatasetError(f"{what} {values} is not usable: {'std values must be > 0' if what == 'std' else 'values must be finite'}.")
+    return values
 
 
 def _digits(split: str) -> LabeledImageDataset:

@@ -81,3 +81,16 @@ def test_mean_and_std_options_set_the_normalisation(own_checkpoint, tmp_path):
     assert meta["dataset"]["info"]["mean"] == [0.5] and meta["dataset"]["info"]["std"] == [0.25]
     result = runner.invoke(app, ["extract", str(path), "--mean", "half"])
     assert result.exit_code != 0 and "--mean takes numbers" in result.output
+
+
+def test_normalisation_or_size_that_does_not_fit_the_images_is_one_clean_error(own_checkpoint, tmp_path):
+    """These ended in a torch/PIL traceback after the model was loaded (or, --image-size 0, were
+    silently ignored)."""
+    path, _, _ = own_checkpoint  # digits: 1 channel
+    for option, message in ((["--mean", "0.5,0.5,0.5"], "mean has 3 values but digits images have 1 channel"),
+                            (["--std", "0"], "std values must be > 0"),
+                            (["--image-size", "0"], "image_size must be a whole number of pixels >= 1"),
+                            (["--image-size", "-3"], "image_size must be a whole number of pixels >= 1")):
+        result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b"), *option])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+        assert not (tmp_path / "b").exists()

@@ -207,3 +207,24 @@ def test_16_bit_grey_images_are_scaled_from_their_full_range_and_float_images_re
         data.image(2)
     skipped = load_dataset("imagefolder", root=tmp_path, split="test", skip_unreadable=True)
     assert len(skipped) == 2 and skipped.description["skipped_unreadable"][0]["file"].endswith("1.tif")
+
+
+def test_normalisation_and_image_size_options_are_checked_and_one_value_means_every_channel(tmp_path):
+    """--mean 0.5,0.5,0.5 on 1-channel digits and --std 0 ended in a torch traceback mid-extraction;
+    --image-size 0 was silently taken as no resize; a negative size failed inside PIL."""
+    with pytest.raises(DatasetError, match=r"mean has 3 values but digits images have 1 channel: .*--mean 0.5\)"):
+        load_dataset("digits", mean=(0.5, 0.5, 0.5))
+    with pytest.raises(DatasetError, match=r"std .* must be > 0"):
+        load_dataset("digits", std=(0.0,))
+    with pytest.raises(DatasetError, match=r"std has 2 values but imagefolder images have 3 channels: .*--std 0.5,0.5,0.5"):
+        load_dataset("imagefolder", root=tmp_path, std=(0.2, 0.2))
+    for size in (0, -3, 2.5, "big"):
+        with pytest.raises(DatasetError, match=r"image_size must be a whole number of pixels >= 1"):
+            load_dataset("digits", image_size=size)
+    assert load_dataset("digits", split="test", image_size=16.0)[0][0].shape == (1, 16, 16)
+    # one value is every channel's, and recorded as such
+    _tiny_tree(tmp_path / "train", ["a", "b"])
+    data = load_dataset("imagefolder", root=tmp_path, mean=(0.5,), std=(0.25,))
+    assert data.info.mean == (0.5, 0.5, 0.5) and data.description["info"]["std"] == (0.25, 0.25, 0.25)
+    pixels = np.asarray(data.image(1), dtype=np.float32).transpose(2, 0, 1) / 255
+    np.testing.assert_allclose(data[1][0].numpy(), (pixels - 0.5) / 0.25, atol=1e-6)
