@@ -524,6 +524,12 @@ def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageD
         )
     if folder_root != root:
         _check_splits_agree(root, split, _class_folders(folder_root))
+    elif split == "test":
+        warnings.warn(
+            f"{root} has no split folders, so its 'test' split is the same images as 'train' (the whole "
+            "tree): probes and kNN scored train -> test on it score the training images themselves. For "
+            f"a held-out test split use {root}/train/<class>/ and {root}/test/<class>/.",
+            UserWarning, stacklevel=3)
     folder = _image_folder(folder_root)
     description = {"name": "imagefolder", "root": str(folder_root.resolve())}
     if mean is None or std is None:

@@ -154,9 +154,15 @@ def test_a_missing_split_folder_is_refused_not_read_as_the_class_tree(tmp_path):
     _tiny_tree(tmp_path / "val", ["a", "b", "c"])  # ImageNet's naming
     with pytest.raises(DatasetError, match=r"\(train/, val/\).*rename val/ to test/"):
         load_dataset("imagefolder", root=tmp_path, split="test")
-    # a flat root/<class>/ tree is still read as one (the same images for either split)
+    # a flat root/<class>/ tree is still read as one: the same images for either split, which
+    # the test split says (a probe scored train -> test on it scores its own training images)
     _tiny_tree(tmp_path / "flat", ["x", "y"])
-    assert load_dataset("imagefolder", root=tmp_path / "flat", split="test").classes == ["x", "y"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train = load_dataset("imagefolder", root=tmp_path / "flat", split="train")
+    with pytest.warns(UserWarning, match=r"no split folders, so its 'test' split is the same images as 'train'"):
+        test = load_dataset("imagefolder", root=tmp_path / "flat", split="test")
+    assert test.classes == train.classes == ["x", "y"] and test.targets.tolist() == train.targets.tolist()
 
 
 @pytest.mark.parametrize("name", ["imagefolder", "cifar10"])
