@@ -338,6 +338,108 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert max(int(r["step"]) for r in read_csv(run / "log.csv")) == 6  # the steps that were taken
 
 
+def _nan_loss_at(monkeypatch, bad_step: int) -> list:
+    """Make the loss of (0-based) step ``bad_step`` NaN; returns the list the built method goes in."""
+    import clusterprobe.trainer.loop as loop_module
+
+    original, built = loop_module.build_method, []
+
+    def capture(*args, **kwargs):
+        method = original(*args, **kwargs)
+        training_step = method.training_step
+
+        def poisoned(views, step, epoch):
+            loss, logs = training_step(views, step, epoch)
+            return (loss * float("nan") if step == bad_step else loss), logs
+
+        method.training_step = poisoned
+        built.append(method)
+        return method
+
+    monkeypatch.setattr(loop_module, "build_method", capture)
+    return built
+
+
+# 3 epochs of 4 steps; the loss of step 6 (epoch 2) is NaN. log_every 1 reads it before its
+# update; log_every 7 reads it before the update of step 7 (a log step); log_every 12 (one row, at
+# the run's last step) reads it at the end of epoch 2, after the update of step 8.
+@pytest.mark.parametrize("log_every, applied", [
+    (1, None),
+    (7, "read after step 6: the update of step 6 was applied"),
+    (12, "read after step 8: the updates of steps 6-8 were applied"),
+])
+def test_a_non_finite_loss_is_reported_at_its_step_and_nothing_after_it_is_saved(tmp_path, monkeypatch,
+                                                                                 log_every, applied):
+    built = _nan_loss_at(monkeypatch, 5)
+    config = tiny(tmp_path, epochs=3, log_every=log_every)
+    with pytest.raises(NonFiniteLossError, match=r"^The loss became nan at step 6 \(epoch 2\); ") as caught:
+        train(config)
+    message = str(caught.value)
+    assert caught.value.step == 6 and caught.value.epoch == 2
+    run = Path(config.out)
+    assert caught.value.last_checkpoint == str(run / "checkpoints" / "epoch_0001.pt")
+    assert f"The last good checkpoint is {run / 'checkpoints' / 'epoch_0001.pt'}." in message
+    # nothing after the bad step was saved, whenever the loss was read
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0000.pt", "epoch_0001.pt"]
+    assert not (run / "last.pt").exists()
+    assert [int(r["epoch"]) for r in read_csv(run / "epochs.csv")] == [1]
+    assert all(int(r["step"]) < 6 for r in read_csv(run / "log.csv"))
+    in_memory_finite = all(torch.isfinite(p).all() for p in built[0].online.model.parameters())
+    if applied is None:
+        assert "; training stopped before that update." in message
+        assert in_memory_finite  # the NaN update was never applied
+        assert [int(r["step"]) for r in read_csv(run / "log.csv")] == [1, 2, 3, 4, 5]
+    else:
+        assert f"{applied} to the model in memory, but nothing was saved after the loss became non-finite" in message
+        assert "log_every 1 stops before the first bad update" in message
+        assert not in_memory_finite  # what the message says: the bad update was applied
+
+
+@pytest.mark.parametrize("method", ["resa", "simclr"])
+def test_reading_the_losses_every_few_steps_trains_the_same_run(tmp_path, monkeypatch, method):
+    """log_every 3 reads the losses back 4 times in 8 steps (before the updates of steps 3, 6, 8
+    and at the end of epoch 1) instead of every step, and trains bit for bit the same run: the
+    same checkpoints, epoch losses and log rows. A callback makes every step read again."""
+    import clusterprobe.trainer.loop as loop_module
+
+    reads, epoch_losses = [], []
+    real_read, real_end = loop_module.DeferredLosses.read, loop_module.end_of_epoch
+
+    def read(self, updated):
+        if self._pending:  # the 1-based step of the newest pending loss, how many, after its update?
+            reads[-1].append((self.first_step + len(self.values) + len(self._pending), len(self._pending), updated))
+        return real_read(self, updated)
+
+    def end_of_epoch(*args):
+        epoch_losses[-1].append(list(args[6].losses))
+        return real_end(*args)
+
+    monkeypatch.setattr(loop_module.DeferredLosses, "read", read)
+    monkeypatch.setattr(loop_module, "end_of_epoch", end_of_epoch)
+    runs = {}
+    for name, log_every, callbacks in (("every", 1, []), ("third", 3, []), ("callback", 3, [lambda *_: None])):
+        reads.append([])
+        epoch_losses.append([])
+        runs[name] = train(tiny(tmp_path / name, method, log_every=log_every), callbacks=callbacks)
+    every, third, callback = reads
+    assert every == callback == [(step, 1, False) for step in range(1, 9)]
+    assert third == [(3, 3, False), (4, 1, True), (6, 2, False), (8, 2, False)]
+    assert epoch_losses[0] == epoch_losses[1] == epoch_losses[2] and len(epoch_losses[0][1]) == 4
+    for epoch in ("epoch_0001.pt", "epoch_0002.pt"):
+        a, b = (torch.load(runs[name] / "checkpoints" / epoch, weights_only=True) for name in ("every", "third"))
+        for key in ("state_dict", "momentum_state_dict"):
+            assert (a[key] is None) == (b[key] is None)
+            for name in (a[key] or {}):
+                assert torch.equal(a[key][name], b[key][name]), (key, name)
+        for name, value in a["train_state"]["optimizer"]["state"].items():
+            for slot, tensor in value.items():
+                assert torch.equal(tensor, b["train_state"]["optimizer"]["state"][name][slot])
+    columns = lambda rows: [(r["step"], r["loss"], r["lr"], r["ema"]) for r in rows]
+    assert columns(read_csv(runs["every"] / "epochs.csv")) == columns(read_csv(runs["third"] / "epochs.csv"))
+    every_rows = columns(read_csv(runs["every"] / "log.csv"))
+    assert columns(read_csv(runs["third"] / "log.csv")) == [every_rows[i] for i in (2, 5, 7)]
+
+
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     import clusterprobe.checkpoints.own as checkpoints_module
 

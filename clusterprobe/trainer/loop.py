@@ -12,9 +12,11 @@
 4. :func:`start_or_resume`: start fresh (save ``config.yaml`` and ``epoch_0000.pt``) or restore
    the newest state;
 5. for every epoch, :func:`train_one_epoch`: for every batch set the LR, compute the loss (the
-   method does the EMA update and the momentum forward), stop on a non-finite loss, backward,
-   optimiser step, log; then :func:`end_of_epoch`: the optional kNN monitor, a checkpoint and
-   the ``epochs.csv`` row (rank 0 only).
+   method does the EMA update and the momentum forward), backward, optimiser step, log; the
+   losses are read back from the device at log steps (and every step when there are
+   callbacks) and at the end of the epoch, and training stops on a non-finite one; then
+   :func:`end_of_epoch`: the optional kNN monitor, a checkpoint and the ``epochs.csv`` row
+   (rank 0 only).
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def train(
             that change training must equal the saved ones.
         overwrite: replace the run in ``config.out``.
         callbacks: functions called as ``callback(event, info)`` with event ``"step"`` (after
-            each optimiser step) or ``"epoch"`` (after each epoch's checkpoint).
+            each optimiser step) or ``"epoch"`` (after each epoch's checkpoint). The step info
+            holds the loss as a float, so with callbacks every step's loss is read back from
+            the device (on a GPU, the host then waits for each step; see
+            :func:`train_one_epoch`).
 
     Torch's, NumPy's and Python's global generators are seeded from ``config.seed`` before the
     networks are built (and restored from the checkpoint when resuming); training depends on them.
@@ -435,17 +440,30 @@ class EpochResult:
     logs: dict[str, Any] = field(default_factory=dict)
 
 
-def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory,
+def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: RunDirectory | None,
                     data: TrainingData, training: Training, logs: TrainingLogs | None, epoch: int,
                     step: int, callbacks: list[Callback]) -> EpochResult:
     """One pass over this epoch's batches, starting after optimisation step ``step``.
 
+    The step losses stay on the device and are read back to the host (one synchronisation for
+    all the losses not read yet) only where they are needed: before the update of each step that
+    writes a log.csv row (every ``log_every`` steps and the run's last step), of every step when
+    there are callbacks (they receive the loss as a float), and at the end of the epoch, before
+    :func:`end_of_epoch` writes a checkpoint. With ``log_every`` 1 (the default) or callbacks
+    every loss is read before its own update, as it always was; with ``log_every`` N and no
+    callbacks, N - 1 of N steps queue their work on a GPU without waiting for it.
+
     Raises:
-        NonFiniteLossError: the loss became NaN or infinite (before that update was applied).
+        NonFiniteLossError: a loss read back is NaN or infinite (``step``: the first such step).
+            Read at its own step, training stopped before that update; read later, the updates
+            up to the read were applied to the model in memory, but no checkpoint is written
+            after a non-finite loss (every loss of an epoch is read before its checkpoint).
     """
     method, optimizer, scaler = training.method, training.optimizer, training.scaler
     data.sampler.set_epoch(epoch)
     result = EpochResult(epoch, step, 0.0)
+    losses = DeferredLosses(step, epoch, run, config.log_every)
+    read_every_step = config.log_every == 1 or bool(callbacks)
     epoch_start = last_time = time.perf_counter()
     last_step = step
     bar = tqdm(loader_batches(data.loader), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -457,19 +475,18 @@ def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: R
 
         loss, step_logs = method.training_step(views, step, epoch)
 
-        loss_value = distributed.all_reduce_(loss.detach().float().clone(), op="mean").item()
-        if not math.isfinite(loss_value):
-            raise _non_finite_loss(loss_value, step, epoch, run)
+        losses.append(distributed.all_reduce_(loss.detach().float().clone(), op="mean"))
+        logged = (step + 1) % config.log_every == 0 or step + 1 == training.total_steps
+        loss_value = losses.read(updated=False) if read_every_step or logged else None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         method.after_backward(epoch)
         scaler.step(optimizer)
         scaler.update()
         step += 1
-        result.losses.append(loss_value)
         result.step, result.lr, result.logs = step, lr, step_logs
 
-        if logs is not None and (step % config.log_every == 0 or step == training.total_steps):
+        if logs is not None and logged:
             now = time.perf_counter()
             rate = (step - last_step) * config.batch_size / max(now - last_time, 1e-9)
             logs.write_step({"epoch": epoch + 1, "step": step, "loss": loss_value, "lr": lr,
@@ -480,17 +497,71 @@ def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: R
         for callback in callbacks:
             callback("step", {"step": step, "epoch": epoch, "loss": loss_value, "lr": lr, **step_logs})
     bar.close()
+    losses.read(updated=True)  # before any checkpoint of this epoch: raises on a non-finite loss
+    result.losses = losses.values
     result.seconds = time.perf_counter() - epoch_start
     return result
 
 
-def _non_finite_loss(loss_value: float, step: int, epoch: int, run: RunDirectory) -> NonFiniteLossError:
-    last = run.resume_point()
+class DeferredLosses:
+    """An epoch's step losses, kept on the device until :meth:`read` brings those not read yet
+    back to the host in one transfer (the only point where the host waits for the device).
+
+    ``first_step`` is the 0-based step before which the epoch started (``epoch``, 0-based, of the
+    run in ``run``, read every ``log_every`` steps); ``values`` holds the losses read so far
+    (floats, in step order).
+    """
+
+    def __init__(self, first_step: int, epoch: int, run: RunDirectory | None, log_every: int = 1):
+        self.first_step, self.epoch, self.run, self.log_every = first_step, epoch, run, log_every
+        self.values: list[float] = []
+        self._pending: list[torch.Tensor] = []
+
+    def append(self, loss: torch.Tensor) -> None:
+        """The (reduced, detached) loss of the next step, a 0-d tensor on the device."""
+        self._pending.append(loss)
+
+    def read(self, updated: bool) -> float | None:
+        """Read the pending losses; returns the newest (None if none was pending).
+
+        ``updated``: whether the newest pending step's update has been applied (False when read
+        between its forward and backward).
+
+        Raises:
+            NonFiniteLossError: at the first non-finite one.
+        """
+        if not self._pending:
+            return None
+        values = torch.stack(self._pending).tolist()  # one device -> host copy
+        self._pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                first_bad = self.first_step + len(self.values) + offset + 1  # 1-based
+                newest = self.first_step + len(self.values) + len(values)  # 1-based
+                raise _non_finite_loss(value, first_bad, newest if updated else newest - 1, self.epoch, self.run,
+                                       self.log_every)
+        self.values.extend(values)
+        return values[-1]
+
+
+def _non_finite_loss(value: float, step: int, applied_through: int, epoch: int,
+                     run: RunDirectory | None, log_every: int) -> NonFiniteLossError:
+    """The error for a non-finite loss at (1-based) ``step`` found when the updates up to step
+    ``applied_through`` had been applied."""
+    last = run.resume_point() if run is not None else None
+    if applied_through < step:
+        what = "training stopped before that update."
+    else:
+        updates = (f"the update of step {step} was" if applied_through == step else
+                   f"the updates of steps {step}-{applied_through} were")
+        what = (f"the losses are read from the device every {log_every} steps (log_every) and at the end "
+                f"of each epoch, so it was read after step {applied_through}: {updates} applied to the model "
+                "in memory, but nothing was saved after the loss became non-finite.")
     return NonFiniteLossError(
-        f"The loss became {loss_value} at step {step + 1} (epoch {epoch + 1}); "
-        f"training stopped before that update. The last good checkpoint is "
-        f"{last if last else 'none'}. Lower the learning rate or check the data.",
-        step=step + 1, epoch=epoch + 1, last_checkpoint=str(last) if last else None,
+        f"The loss became {value} at step {step} (epoch {epoch + 1}); {what} The last good "
+        f"checkpoint is {last if last else 'none'}. Lower the learning rate or check the data"
+        + ("; log_every 1 stops before the first bad update." if applied_through >= step else "."),
+        step=step, epoch=epoch + 1, last_checkpoint=str(last) if last else None,
     )
 
 
