@@ -63,3 +63,18 @@ def split_list(value: str | None) -> list[str] | None:
         return None
     items = [item.strip() for item in value.split(",") if item.strip()]
     return items or None
+
+
+def int_list(value: str | None, flag: str) -> list[int] | None:
+    """Parse a comma-separated option of whole numbers ("0,10,100"); None stays None.
+
+    Raises:
+        typer.BadParameter: an item is not a whole number (the flag and the text are named).
+    """
+    items = split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} takes whole numbers separated by commas, e.g. 0,10,100; got {value!r}.") from None

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .common import friendly_errors, split_list
+from .common import friendly_errors, int_list, split_list
 
 # Short column headers for the printed table (the file keeps the full metric names).
 HEADERS = {
@@ -39,10 +39,10 @@ def register(app: typer.Typer) -> None:
 
 def _seeds(value: str):
     """'3' -> 3 seeds (0, 1, 2); '0,5,9' -> those seeds."""
-    items = split_list(value) or []
+    items = int_list(value, "--seeds") or []
     if len(items) == 1:
-        return int(items[0])
-    return tuple(int(item) for item in items)
+        return items[0]
+    return tuple(items)
 
 
 def _cell(value: float, std: float) -> str:
@@ -134,6 +134,7 @@ def metrics(
     from clusterprobe.devices import limit_threads
     from clusterprobe.metrics import MetricSettings
 
+    epoch_list = int_list(epochs, "--epochs")
     limit_threads(threads)
 
     settings = MetricSettings(
@@ -142,7 +143,7 @@ def metrics(
     )
     env = distributed.init_distributed(device)  # a process group under torchrun, else nothing
     try:
-        _run(source, settings, env.is_main, train=train, layers=layers, splits=splits, epochs=epochs, cache=cache,
+        _run(source, settings, env.is_main, train=train, layers=layers, splits=splits, epochs=epoch_list, cache=cache,
              recompute=recompute, output=output)
     finally:
         distributed.shutdown(env)
@@ -159,7 +160,7 @@ def _run(source, settings, main: bool, *, train, layers, splits, epochs, cache, 
         warnings.filterwarnings("ignore", message="Could not write the metrics cache")
         frame = evaluate(
             source, settings, train=train, layers=split_list(layers), splits=split_list(splits),
-            epochs=[int(e) for e in split_list(epochs)] if epochs else None, cache=cache,
+            epochs=epochs, cache=cache,
             recompute=recompute, progress=(lambda message: status.update(message)) if main else False,
         )
     if not main:

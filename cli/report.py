@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, friendly_errors, split_list
+from .common import console, friendly_errors, int_list, split_list
 
 
 def register(app: typer.Typer) -> None:
@@ -47,11 +47,12 @@ def report(
     from clusterprobe.devices import limit_threads
     from clusterprobe.report import ReportSettings, build_report
 
+    epoch_list = int_list(epochs, "--epochs")
     limit_threads(threads)
 
     settings = ReportSettings(
         layers=tuple(split_list(layers) or ()), dataset=dataset, data_root=data_root,
-        epochs=tuple(int(e) for e in split_list(epochs)) if epochs else None,
+        epochs=tuple(epoch_list) if epoch_list is not None else None,
         cluster_splits=tuple(split_list(cluster_splits) or ("test",)), batch_size=batch_size,
         device=device, umap=umap, metric_overrides={"seeds": seeds}, branch=branch,
         per_class=per_class, same_axes=not zoom_per_run, pixels=pixels, dtype=dtype,

@@ -167,3 +167,19 @@ def test_cache_save_returns_whether_it_wrote(tmp_path):
     assert MetricsCache(None).save() is False
     cache = MetricsCache(tmp_path / "m.csv")
     assert cache.save() is False and not (tmp_path / "m.csv").exists()  # nothing new
+
+
+def test_numbers_that_are_not_numbers_are_a_usage_error_not_a_traceback(app, extracted_run, tmp_path):
+    """--seeds a and --epochs 1-3 (metrics, report) ended in Python's ValueError traceback."""
+    from cli.main import app as main_app
+
+    for args, flag in ((["--seeds", "a"], "--seeds"), (["--epochs", "1-3"], "--epochs")):
+        result = runner.invoke(app, ["metrics", str(extracted_run), "--no-cache", *args], env=WIDE)
+        assert result.exit_code == 2 and f"{flag} takes whole numbers" in result.output, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    result = runner.invoke(main_app, ["report", str(tmp_path), "--epochs", "0,last"], env=WIDE)
+    assert result.exit_code == 2 and "--epochs takes whole numbers" in result.output and "'0,last'" in result.output
+    # well-formed lists still reach the library
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--no-cache", "--metrics", "nmi", "--layers", "H",
+                                 "--splits", "test", "--epochs", "3", "--seeds", "4,7"], env=WIDE)
+    assert result.exit_code == 0 and "k-means seeds 4,7" in result.output, result.output
