@@ -98,7 +98,7 @@ def _settings_line(settings) -> str:
 def _write(frame, path: Path) -> None:
     from clusterprobe.io import atomic_write
 
-    if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
         atomic_write(path, lambda handle: frame.to_parquet(handle, index=False))
     else:
         atomic_write(path, lambda handle: frame.to_csv(handle, index=False), mode="w")
@@ -121,7 +121,7 @@ def metrics(
     knn_k: Optional[int] = typer.Option(None, "--knn-k", help="Neighbours for kNN (default: 20 or 5 by protocol)."),
     sample_size: Optional[int] = typer.Option(None, "--sample-size", help="Silhouette on a random subset of this size (default: exact, all samples)."),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu or cuda."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the table here (.csv or .parquet)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the table here (a .csv or .parquet file; other suffixes are refused before any work)."),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="Read and update the metrics cache beside the bank / in the run directory."),
     recompute: bool = typer.Option(False, "--recompute", help="Ignore cached values (and overwrite them)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch, FAISS and BLAS (default: each library's own; fewer than the cores when the machine is shared)."),
@@ -135,6 +135,9 @@ def metrics(
     from clusterprobe.metrics import MetricSettings
 
     epoch_list = int_list(epochs, "--epochs")
+    if output is not None and output.suffix.lower() not in (".csv", ".parquet"):
+        raise typer.BadParameter(f"--output writes a .csv or .parquet file; {output} ends in neither "
+                                 f"(e.g. {output.with_suffix('.csv')}).")
     limit_threads(threads)
 
     settings = MetricSettings(

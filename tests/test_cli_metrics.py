@@ -183,3 +183,21 @@ def test_numbers_that_are_not_numbers_are_a_usage_error_not_a_traceback(app, ext
     result = runner.invoke(app, ["metrics", str(extracted_run), "--no-cache", "--metrics", "nmi", "--layers", "H",
                                  "--splits", "test", "--epochs", "3", "--seeds", "4,7"], env=WIDE)
     assert result.exit_code == 0 and "k-means seeds 4,7" in result.output, result.output
+
+
+def test_an_output_file_of_another_format_is_refused_before_the_work(app, extracted_run, tmp_path, monkeypatch):
+    """-o table.json (or .xlsx, .tsv) was written as CSV text under that name, silently."""
+    import clusterprobe.metrics as metrics_module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("computed before the option was checked")
+
+    monkeypatch.setattr(metrics_module, "evaluate", forbidden)
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--no-cache", "-o", str(tmp_path / "table.json")], env=WIDE)
+    assert result.exit_code == 2 and "--output writes a .csv or .parquet file" in result.output, result.output
+    assert not (tmp_path / "table.json").exists()
+    monkeypatch.undo()
+    result = runner.invoke(app, ["metrics", str(extracted_run), "--no-cache", "--metrics", "nmi", "--layers", "H",
+                                 "-o", str(tmp_path / "table.PARQUET")], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_parquet(tmp_path / "table.PARQUET")["metric"]) == {"nmi"}
