@@ -35,7 +35,7 @@ def extract(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Bank directory (default: <run>/features/<split>/<epoch> beside the checkpoint)."),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
-    num_workers: int = typer.Option(0, "--num-workers", help="DataLoader worker processes."),
+    num_workers: int = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes (0: read in this process)."),
     branch: Optional[str] = BRANCH_OPTION,
     trust: bool = typer.Option(False, "--trust", help="Allow full unpickling of the checkpoint (runs code from the file: trusted files only)."),
     stem_padding: Optional[int] = STEM_PADDING_OPTION,

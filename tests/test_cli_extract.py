@@ -94,3 +94,12 @@ def test_normalisation_or_size_that_does_not_fit_the_images_is_one_clean_error(o
         result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b"), *option])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
         assert not (tmp_path / "b").exists()
+
+
+def test_a_negative_number_of_workers_is_a_usage_error(own_checkpoint, tmp_path):
+    """--num-workers -1 ended in torch's ValueError traceback from the DataLoader."""
+    path, _, _ = own_checkpoint
+    result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b"), "--num-workers", "-1"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "Invalid value for '--num-workers'" in result.output, result.output
+    assert not (tmp_path / "b").exists()
