@@ -147,3 +147,30 @@ def test_device_loader_is_reproducible_per_epoch_and_differs_across_epochs():
     assert not torch.equal(first[0][1], other[0][1])
     assert first[0][0][0].shape == (16, 3, 8, 8) and len(first[0][0]) == 2
     assert not torch.equal(first[0][0][0], first[0][0][1])  # weak and strong views differ
+
+
+def test_the_views_never_wait_for_the_device_when_copying_to_it(monkeypatch):
+    """A blocking host-to-device copy from pageable memory ends in cudaStreamSynchronize: each of
+    the up to 24 copies of random parameters and row indices a view made per batch waited for the GPU
+    to finish the previous training step. Every copy to the images' device (recorded here on the
+    CPU; kornia's own copies, which are non-blocking to a GPU, aside) is non-blocking, including the
+    loader's row indices; the views are unchanged."""
+    import sys
+    spec = ViewSpec(jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.5, grayscale_p=0.5, solarize_p=0.5, blur_p=0.5)
+    images = torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8)
+    views = BatchViews([spec, spec], 16, (0.5,) * 3, (0.25,) * 3)
+    loader = DeviceViewLoader(images, torch.arange(48), views, EpochSampler(48, seed=1), batch_size=16, seed=1)
+    expected = [batch for batch, _ in loader]
+    copies = []
+    real_to = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        ours = "clusterprobe" in sys._getframe(1).f_code.co_filename
+        if ours and ("device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args)):
+            copies.append(kwargs.get("non_blocking", False))
+        return real_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    batches = [batch for batch, _ in loader]
+    assert len(copies) >= 3 * (1 + 2 * 6) and all(copies)  # per batch: rows, and per view crops ... flips
+    assert all(torch.equal(a, b) for x, y in zip(batches, expected) for a, b in zip(x, y))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import math
 from pathlib import Path
 
 import pytest
@@ -438,6 +439,46 @@ def test_reading_the_losses_every_few_steps_trains_the_same_run(tmp_path, monkey
     assert columns(read_csv(runs["every"] / "epochs.csv")) == columns(read_csv(runs["third"] / "epochs.csv"))
     every_rows = columns(read_csv(runs["every"] / "log.csv"))
     assert columns(read_csv(runs["third"] / "log.csv")) == [every_rows[i] for i in (2, 5, 7)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", ["resa", "swav", "simclr", "byol"])
+def test_steps_between_log_steps_never_wait_for_the_gpu(tmp_path, method):
+    """With log_every beyond the epoch and no callbacks, a step (views made on the GPU, forward,
+    EMA, loss, backward, optimiser) makes no synchronising CUDA call: torch's sync debug mode
+    raises on any (a blocking host copy, .item(), nonzero on the GPU...). The first two steps
+    (cuDNN autotuning) and the epoch-end read are outside the checked window."""
+    from clusterprobe import distributed
+    from clusterprobe.trainer.loop import build_data, build_training, train_one_epoch
+
+    config = resolve_config(tiny(tmp_path, method, epochs=1, device="cuda", views_on="device", log_every=1000))
+    env = distributed.init_distributed(config.device)
+    data = build_data(config, env)
+    training = build_training(config, env, data, lambda _: None)
+
+    class Strict:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            try:
+                for index, batch in enumerate(self.loader):
+                    if index == 2:
+                        torch.cuda.synchronize()
+                        torch.cuda.set_sync_debug_mode("error")
+                    yield batch
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+
+    data.loader = Strict(data.loader)
+    try:
+        result = train_one_epoch(config, env, None, data, training, None, 0, 0, [])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert result.step == 4 and len(result.losses) == 4 and all(math.isfinite(v) for v in result.losses)
 
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):

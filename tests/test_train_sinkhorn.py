@@ -97,3 +97,23 @@ def test_rejects_non_matrix():
 
     with pytest.raises(TrainingInputError, match=r"scores must be 2-D \(samples, columns\), got shape \(3,\)"):
         sinkhorn_knopp(torch.rand(3))
+
+
+def test_sinkhorn_makes_no_tensor_from_host_data(monkeypatch):
+    """``torch.tensor(x, device=cuda)`` copies x from the host and waits for every kernel queued
+    before it (a GPU synchronisation every training step of ReSA and SwAV); the batch size is
+    filled on the device instead, with the same value."""
+    scores = torch.randn(64, 32, generator=torch.Generator().manual_seed(0))
+    expected = torch.from_numpy(reference_sinkhorn(scores.numpy(), 0.05, 3)).float()
+    made_from_host = []
+    real_tensor = torch.tensor
+
+    def tensor(*args, **kwargs):
+        made_from_host.append(kwargs.get("device"))
+        return real_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", tensor)
+    result = sinkhorn_knopp(scores, 0.05, 3)
+    assert made_from_host == []
+    torch.testing.assert_close(result, expected, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(result.sum(1), torch.ones(64), atol=1e-5)

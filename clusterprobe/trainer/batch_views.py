@@ -35,6 +35,17 @@ from .views import BLUR_SIGMA, ViewSpec, blur_kernel_size
 _ORDERS = torch.tensor(list(itertools.permutations(range(4))))  # brightness, contrast, saturation, hue
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (random parameters, row indices) on ``device`` without waiting for the device.
+
+    A blocking copy from pageable host memory to a GPU ends in ``cudaStreamSynchronize``: the host
+    would wait for every kernel queued so far (the previous training step) before making the next
+    batch's views. A non-blocking copy from pageable memory is staged by CUDA before the call
+    returns, so the source may be dropped at once, and the copied values are the same.
+    """
+    return tensor.to(device, non_blocking=True)
+
+
 def sample_crop_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
                       generator: torch.Generator | None = None, tries: int = 10) -> torch.Tensor:
     """RandomResizedCrop boxes ``(top, left, h, w)`` for ``n`` images, as torchvision samples them.
@@ -81,7 +92,7 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: int, mode: st
     ``crop_and_resize`` does, zooms every crop by ``w / (w - 1)``.) Bicubic uses torch's kernel
     (a = -0.75; PIL's is -0.5)."""
     n, _, height, width = images.shape
-    top, left, h, w = boxes.to(images.device, torch.float32).unbind(1)
+    top, left, h, w = to_device(boxes.to(torch.float32), images.device).unbind(1)
     centres = (torch.arange(size, device=images.device, dtype=torch.float32) + 0.5) / size
 
     def coordinates(start, extent, full):
@@ -133,7 +144,7 @@ def color_jitter(x: torch.Tensor, factors: torch.Tensor, orders: torch.Tensor) -
             rows = torch.nonzero(orders[:, position] == op).flatten()
             if rows.numel() == 0:
                 continue
-            rows = rows.to(x.device)
+            rows = to_device(rows, x.device)
             y, f = out[rows], factors[rows]
             if op == 0:
                 y = (y * f[:, 0].view(-1, 1, 1, 1)).clamp(0, 1)
@@ -152,7 +163,9 @@ class BatchView(nn.Module):
     """One view of a :class:`ViewSpec` for whole batches: uint8 (B, C, H, W) -> float (B, C, size, size).
 
     ``forward(images, generator=None)`` draws every random parameter from ``generator`` (CPU;
-    torch's global generator when None) and does the image work on the images' device.
+    torch's global generator when None) and does the image work on the images' device; the
+    parameters are decided on the host and copied to the device without waiting for it
+    (:func:`to_device`), so making a batch's views never stalls a GPU's queue.
     """
 
     def __init__(self, spec: ViewSpec, size: int, mean: Sequence[float], std: Sequence[float]):
@@ -197,21 +210,22 @@ class BatchView(nn.Module):
         if "jitter" in params:
             rows = params["jitter"].nonzero().flatten()
             if len(rows):
-                on = rows.to(device)
-                x[on] = color_jitter(x[on], params["factors"][rows].to(device), params["orders"][rows])
-        rows = params["grayscale"].nonzero().flatten().to(device)
+                on = to_device(rows, device)
+                x[on] = color_jitter(x[on], to_device(params["factors"][rows], device), params["orders"][rows])
+        rows = to_device(params["grayscale"].nonzero().flatten(), device)
         if len(rows):
             x[rows] = _grayscale(x[rows]).contiguous()
-        rows = params["blur"].nonzero().flatten().to(device)
-        if len(rows):
+        chosen = params["blur"].nonzero().flatten()
+        if len(chosen):
             k = blur_kernel_size(self.size, self.spec.blur_kernel)
-            sigma = params["sigma"].to(device)[rows]
+            sigma = params["sigma"][chosen]  # kornia checks sigma > 0 on the host copy, then moves it
+            rows = to_device(chosen, device)
             x[rows] = kornia.filters.gaussian_blur2d(x[rows], (k, k), torch.stack([sigma, sigma], 1), border_type="reflect")
-        rows = params["solarize"].nonzero().flatten().to(device)
+        rows = to_device(params["solarize"].nonzero().flatten(), device)
         if len(rows):
             y = x[rows]
             x[rows] = torch.where(y >= 128 / 255 - 1e-6, 1 - y, y)
-        rows = params["flip"].nonzero().flatten().to(device)
+        rows = to_device(params["flip"].nonzero().flatten(), device)
         if len(rows):
             x[rows] = x[rows].flip(-1)
         return (x - self.mean) / self.std

@@ -184,6 +184,6 @@ class DeviceViewLoader:
             rows = order[batch * self.batch_size:(batch + 1) * self.batch_size]
             generator = torch.Generator().manual_seed(
                 sample_seed(self.seed, self.sampler.epoch, (1 << 40) + self.sampler.rank * (1 << 32) + batch))
-            rows_on_device = rows.to(self.images.device)
+            rows_on_device = rows.to(self.images.device, non_blocking=True)  # no wait (see batch_views.to_device)
             images = self.images.index_select(0, rows_on_device)
             yield self.views(images, generator), self.labels.index_select(0, rows_on_device)

@@ -45,7 +45,9 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, iterations: int 
         distributed.all_reduce_(shift, op="max")
         q = torch.exp(logits - shift).t()  # (K, m)
         num_columns = q.shape[0]  # K
-        batch = torch.tensor(float(q.shape[1]), device=q.device)
+        # filled on the device: torch.tensor(..., device=cuda) would copy from the host and wait for
+        # every queued kernel (ReSA calls this once a step, SwAV once a view)
+        batch = torch.full((), float(q.shape[1]), dtype=torch.float32, device=q.device)
         distributed.all_reduce_(batch)  # B = global number of samples
         total = q.sum()
         distributed.all_reduce_(total)
