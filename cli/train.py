@@ -53,12 +53,12 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def train_command(
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML or TOML file of settings (fields of TrainConfig)."),
-        method: Optional[str] = typer.Option(None, help="resa, simclr, byol, vicreg, swav or barlow_twins."),
-        dataset: Optional[str] = typer.Option(None, help="cifar10, cifar100, digits or imagefolder."),
+        method: Optional[str] = typer.Option(None, help="resa (default), simclr, byol, vicreg, swav or barlow_twins."),
+        dataset: Optional[str] = typer.Option(None, help="cifar10 (default), cifar100, digits or imagefolder."),
         data_root: Optional[str] = typer.Option(None, help="Data directory (torchvision files or an ImageFolder tree)."),
         download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Download CIFAR with torchvision if missing."),
         limit_train: Optional[int] = typer.Option(None, help="Train on a seeded subset of this many images."),
-        image_size: Optional[int] = typer.Option(None, help="Crop size (imagefolder; others use their own size)."),
+        image_size: Optional[int] = typer.Option(None, help="Size NxN of the training views, for any data set (default: the data set's own, 32 for CIFAR, 8 for digits; imagefolder needs it). Extraction and the report then use it too."),
         epochs: Optional[int] = typer.Option(None, help="Number of epochs (spec: 1000)."),
         batch_size: Optional[int] = typer.Option(None, help="Global batch size over all processes (spec: 256)."),
         backbone: Optional[str] = typer.Option(None, help="resnet18, resnet34 or resnet50."),

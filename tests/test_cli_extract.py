@@ -103,3 +103,16 @@ def test_a_negative_number_of_workers_is_a_usage_error(own_checkpoint, tmp_path)
                            env={"COLUMNS": "200"})
     assert result.exit_code == 2 and "Invalid value for '--num-workers'" in result.output, result.output
     assert not (tmp_path / "b").exists()
+
+
+def test_image_size_resizes_any_data_set_as_its_help_says(own_checkpoint, tmp_path):
+    """The help said --image-size was for imagefolder; it resizes every data set (digits here)
+    and defaults to the size the run trained at."""
+    path, _, _ = own_checkpoint
+    help_text = " ".join(runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "300"}).output.split())
+    assert "for any data set (default: the image_size the checkpoint's run trained at" in help_text
+    assert "(imagefolder)." not in help_text
+    result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(tmp_path / "b"), "--image-size", "16"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    assert meta["dataset"]["info"]["image_size"] == 16 and "Resize(size=16" in meta["dataset"]["transform"]
