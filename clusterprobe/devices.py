@@ -24,8 +24,8 @@ def check_device_name(device: str | torch.device | None) -> str:
         DeviceError: not ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     """
     name = "auto" if device is None else str(device).strip().lower()
-    kind, _, index = name.partition(":")
-    if kind not in DEVICE_NAMES or (index and (kind != "cuda" or not index.isdigit())):
+    kind, colon, index = name.partition(":")
+    if kind not in DEVICE_NAMES or (colon and (kind != "cuda" or not index.isascii() or not index.isdigit())):
         raise DeviceError(f"Unknown device {device!r}: use auto (GPU when present), cpu, cuda or cuda:N.")
     return name
 
@@ -44,8 +44,23 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
             f"device={name!r} was asked for, but torch sees no CUDA GPU here. Use device 'auto' "
             "(GPU when present, CPU otherwise) or 'cpu'."
         )
+    count = torch.cuda.device_count()
     if name in ("auto", "cuda"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        index = int(os.environ.get("LOCAL_RANK", "0"))
+        if index >= count:
+            raise DeviceError(
+                f"device={name!r} under torchrun means this process's GPU, cuda:{index} (LOCAL_RANK), "
+                f"but torch sees {count} GPU{'s' if count != 1 else ''}. Start at most {count} "
+                f"process{'es' if count != 1 else ''} per machine (--nproc_per_node {count})."
+            )
+        return torch.device("cuda", index)
+    index = int(name.partition(":")[2])
+    if index >= count:
+        raise DeviceError(
+            f"device={name!r} was asked for, but torch sees {count} GPU{'s' if count != 1 else ''} "
+            f"(cuda:0{f' to cuda:{count - 1}' if count > 1 else ''}; CUDA_VISIBLE_DEVICES renumbers them "
+            "from 0). Use one of those, or 'cuda' for the first."
+        )
     return torch.device(name)
 
 
