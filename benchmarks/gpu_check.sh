@@ -18,7 +18,7 @@ out=${OUT:-$(mktemp -d)}
 work=$(mktemp -d)
 python=${PYTHON:-python3}
 export DEV=${GPU_CHECK_DEVICE:-cuda}  # cpu: a smoke test of this script on a machine without a GPU
-sections=${GPU_CHECK_SECTIONS:-"metrics extract train throughput step scaling report"}
+sections=${GPU_CHECK_SECTIONS:-"metrics extract train throughput step scaling report gputests"}
 failed=()
 
 if [ -d .gpu/wheels ] && ! $python -c "import faiss, kornia, umap" 2>/dev/null; then
@@ -102,6 +102,9 @@ throughput() {  # the issue's target: ResNet-18 CIFAR ReSA at batch 256, >= 10,0
     --width 64 --batch 256 --steps 50 --warmup 5 || return 1
   $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on device --device $DEV \
     --width 64 --batch 256 --steps 50 --warmup 5 --amp || return 1
+  # the loss read back every 50 steps instead of every step (no host sync between steps)
+  $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on device --device $DEV \
+    --width 64 --batch 256 --steps 50 --warmup 5 --amp --log-every 50 || return 1
   $python benchmarks/train_throughput.py --data-root "$work/cifar_like" --views-on loader --device $DEV \
     --width 64 --batch 256 --steps 30 --warmup 5 --num-workers 12 || return 1
   if [ "${GPU_CHECK_COMPILE:-0}" = 1 ]; then  # torch.compile of the encoders: about a minute more
@@ -130,6 +133,13 @@ report() {
   clusterprobe report "$work/runs" --device $DEV --no-umap >/dev/null && echo "report ok"
 }
 
+gputests() {  # the suite's tests that skip without a CUDA GPU (the image has pytest and pyyaml)
+  [ "$DEV" = cuda ] || { echo "(CPU smoke test: these tests skip without a GPU)"; return 0; }
+  $python -m pytest -q -rs -p no:cacheprovider \
+    "tests/test_train_loop.py::test_steps_between_log_steps_never_wait_for_the_gpu" \
+    tests/test_metrics_probes.py::test_gpu_results_equal_cpu_results
+}
+
 run_section metrics metrics
 run_section extract extract
 run_section train train
@@ -137,6 +147,7 @@ run_section throughput throughput
 run_section step step
 run_section scaling scaling
 run_section report report
+run_section gputests gputests
 echo
 if [ ${#failed[@]} -gt 0 ]; then echo "FAILED sections: ${failed[*]}"; exit 1; fi
 echo "all sections passed"

@@ -75,7 +75,11 @@ class RunDirectoryError(TrainingError):
 
 
 class NonFiniteLossError(TrainingError):
-    """The loss became NaN or infinite; training stopped before the bad update.
+    """The loss became NaN or infinite; no checkpoint was written after it.
+
+    With the loss read every step (``log_every`` 1, or callbacks) training stopped before the
+    bad update; with ``log_every`` N > 1 the loss is read every N steps, so up to N - 1 later
+    updates were applied in memory (never saved) and the message says so.
 
     ``step`` is the 1-based number of the failed optimisation step (log.csv's ``step`` counts
     completed steps, so its last row is ``step - 1``); ``epoch`` is 1-based too.

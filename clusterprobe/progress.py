@@ -69,15 +69,18 @@ def _count(value: float) -> str:
 class LogProgress:
     """A progress display for logs: the part of tqdm's interface the package uses, as lines.
 
-    A line at most every ``every`` seconds (checked on :meth:`update`) and one when the work is
-    done (on :meth:`close`, if anything was counted since the last line): the count against
+    A line at most every ``every`` seconds (checked on :meth:`update`) and, with ``final_line``,
+    one when the work is done (on :meth:`close`, if anything was counted since the last line;
+    leave it off where the caller prints its own summary, as the trainer does per epoch): the count against
     ``total``, the elapsed time, an estimate of what is left (the mean rate so far) and the rate.
     :meth:`set_postfix` values (a loss, a learning rate) are appended as ``key=value``.
     """
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", every: float = 30.0, stream: TextIO | None = None, unit_scale: bool = False):
+                 unit: str = "it", every: float = 30.0, stream: TextIO | None = None, unit_scale: bool = False,
+                 final_line: bool = True):
         self.iterable = iterable
+        self.final_line = final_line
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
@@ -113,7 +116,7 @@ class LogProgress:
         self.desc = desc or ""
 
     def close(self) -> None:
-        if not self._closed and self.n > self._printed_at:
+        if self.final_line and not self._closed and self.n > self._printed_at:
             self._line()
         self._closed = True
 
@@ -140,7 +143,7 @@ class LogProgress:
 
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
                  enabled: bool = True, every: float = 30.0, stream: TextIO | None = None, unit_scale: bool = False,
-                 leave: bool = True):
+                 leave: bool = True, final_line: bool = True):
     """A tqdm bar on a terminal or in a notebook, :class:`LogProgress` lines otherwise.
 
     Args:
@@ -153,6 +156,8 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
         stream: where to write (default: stderr).
         unit_scale: counts as ``12.8k`` rather than ``12,800``.
         leave: keep the finished bar on a terminal (log lines always stay).
+        final_line: in a log, print a line when the work is done (False where the caller
+            prints its own summary then).
 
     Returns:
         An object with tqdm's ``update``, ``set_postfix``, ``set_description``, ``close``,
@@ -160,7 +165,7 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
     """
     if enabled and not in_notebook() and not is_terminal(stream):
         return LogProgress(iterable, total=total, desc=desc, unit=unit, every=every, stream=stream,
-                           unit_scale=unit_scale)
+                           unit_scale=unit_scale, final_line=final_line)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, file=stream,

@@ -656,3 +656,19 @@ def test_speed_options_keep_the_training_numerically_equal(tmp_path):
     ours = torch.load(fast / "checkpoints" / "epoch_0001.pt", weights_only=True)
     theirs = torch.load(reference / "checkpoints" / "epoch_0001.pt", weights_only=True)
     assert ours["state_dict"].keys() == theirs["state_dict"].keys()
+
+
+def test_training_into_a_log_prints_lines_not_a_bar(tmp_path, capsys, monkeypatch):
+    """Output to a log (not a terminal): the epoch's summary and, in a long epoch, a line every
+    interval with the loss; never a bar's carriage returns."""
+    import clusterprobe.progress as progress
+
+    clock = iter(range(0, 10_000, 40))  # every reading 40 s after the last: every step is "long"
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    train(tiny(tmp_path, epochs=1, progress=True, log_every=1))
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    step_lines = [line for line in lines if line.startswith("[epoch 1/1] ")]
+    assert step_lines and all(" step (" in line and "loss=" in line for line in step_lines[1:])
+    assert any(line.startswith("epoch 1/1: loss ") for line in lines)

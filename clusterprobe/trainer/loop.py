@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoints import read_checkpoint_file, save_checkpoint
 from ..data import DatasetInfo, load_dataset, loader_batches
+from ..progress import progress_bar
 from ..errors import (CheckpointWriteError, NonFiniteLossError, TrainConfigError, TrainingError,
                       UnsafeCheckpointError)
 from .. import distributed
@@ -466,8 +467,10 @@ def train_one_epoch(config: TrainConfig, env: distributed.DistributedEnv, run: R
     read_every_step = config.log_every == 1 or bool(callbacks)
     epoch_start = last_time = time.perf_counter()
     last_step = step
-    bar = tqdm(loader_batches(data.loader), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-               disable=not (env.is_main and config.progress), leave=False, dynamic_ncols=True)
+    # a bar on a terminal or in a notebook; in a log, a line every 30 s of a long epoch (the
+    # epoch's own summary line follows it)
+    bar = progress_bar(loader_batches(data.loader), total=data.steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       unit="step", enabled=env.is_main and config.progress, leave=False, final_line=False)
     for views, _ in bar:
         views = [v.to(env.device, non_blocking=True) for v in views]
         lr = training.lr_schedule(step)
