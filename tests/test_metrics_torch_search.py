@@ -358,3 +358,24 @@ def test_sampled_seeding_finds_the_clusters_exact_seeding_finds(normalize, monke
         assert min(nmi(y, labels) for labels in result.labels) >= 0.99
     # the same optimum, to float32 rounding of the expanded distances (Euclidean: |x|^2 ~ 100, sum ~ 128)
     np.testing.assert_allclose(sampled.objective, exact.objective, rtol=1e-5)
+
+
+def test_the_protocol_says_when_the_seeds_came_from_a_sample():
+    """Rows of a k-means seeded on a sample (torch backend or FAISS's GPU build, > 2**18 rows) say so."""
+    import numpy as np
+
+    from clusterprobe.metrics import MetricSettings
+    from clusterprobe.metrics.clustering import KMeansResult
+    from clusterprobe.metrics.engine import _kmeans_columns
+
+    def result(n, backend, gpu):
+        return KMeansResult(labels=np.zeros((1, n), dtype=np.int64), centroids=np.zeros((1, 10, 2), np.float32),
+                            objective=np.zeros(1), seeds=(0,), k=10, normalize=True, niter=100, tol=1e-4,
+                            init="k-means++", gpu=gpu, backend=backend)
+
+    s = MetricSettings()
+    sampled = _kmeans_columns(s, 10, "torch", result(300_000, "torch", False))["protocol"]
+    assert "seeds from 262,144 of 300,000 rows" in sampled
+    assert "seeds from" in _kmeans_columns(s, 10, "faiss", result(300_000, "faiss", True))["protocol"]
+    assert "seeds from" not in _kmeans_columns(s, 10, "faiss", result(300_000, "faiss", False))["protocol"]  # FAISS CPU
+    assert "seeds from" not in _kmeans_columns(s, 10, "torch", result(200_000, "torch", False))["protocol"]

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from ..devices import resolve_device
-from . import clustering, probes, silhouette, spectra
+from . import _torch_search, clustering, probes, silhouette, spectra
 from ._validation import MetricsError, check_k, check_two_classes
 from .cache import MetricsCache, pair_data_id, settings_hash, unit_settings
 from .registry import METRIC_ORDER, UNITS, Unit
@@ -99,13 +99,21 @@ class _SplitWork:
         return self._km
 
 
-def _kmeans_columns(s: MetricSettings, k: int, backend: str = "faiss") -> dict:
+def _kmeans_columns(s: MetricSettings, k: int, backend: str = "faiss", km: "clustering.KMeansResult | None" = None) -> dict:
     """The k-means columns of a row; ``backend`` is what ran it (faiss, or torch on a GPU that
-    FAISS cannot use: the same algorithm, see :mod:`._torch_search`)."""
+    FAISS cannot use: the same algorithm, see :mod:`._torch_search`). ``km``, the clusterings
+    the row scores, adds where the k-means++ seeds came from a sample of the rows (the torch
+    backend and FAISS's GPU build, beyond 2**18 rows: :func:`~._torch_search.seeding_sample_size`)."""
+    seeding = ""
+    if km is not None and s.kmeans_init == "k-means++" and (km.backend == "torch" or km.gpu):
+        n = km.labels.shape[1]
+        m = _torch_search.seeding_sample_size(n, k)
+        if m < n:
+            seeding = f", seeds from {m:,} of {n:,} rows"
     return {
         "k": k, "normalize": s.normalize, "distance": "cosine" if s.normalize else "euclidean",
         "seeds": ",".join(map(str, s.seeds)),
-        "protocol": f"{backend} k-means ({s.kmeans_init}, tol {s.kmeans_tol:g}, <= {s.kmeans_niter} iterations"
+        "protocol": f"{backend} k-means ({s.kmeans_init}{seeding}, tol {s.kmeans_tol:g}, <= {s.kmeans_niter} iterations"
                     f"{', spherical' if s.normalize else ''})",
     }
 
@@ -126,7 +134,7 @@ def _compute_split_units(work: _SplitWork, units: list[tuple[Unit, _Context]]) -
         scores = score(names) if names else {}
         for name in names:
             mean, std = scores[name]
-            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k, work.kmeans.backend)))
+            rows.append(by_name[name].row(name, mean, std, n, **_kmeans_columns(s, work.k, work.kmeans.backend, work.kmeans)))
     if "silhouette_true" in by_name or "silhouette_kmeans" in by_name:
         rows.extend(_silhouette_rows(work, by_name))
     return rows
