@@ -63,11 +63,12 @@ def report(
 @friendly_errors
 def demo(
     out: Path = typer.Option(Path("clusterprobe-demo"), "--out", "-o", help="Folder for the demo's runs and report."),
-    epochs: int = typer.Option(6, "--epochs", help="Training epochs per method."),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Training epochs per method (runs already in --out with fewer are extended; with more, refused)."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda or cuda:N."),
 ) -> None:
-    """Train ReSA and BYOL briefly on the embedded digits (CPU, no download), then report."""
+    """Train ReSA and BYOL briefly on the embedded digits (a few CPU minutes, no download), then report."""
     from clusterprobe.demo import run_demo
 
-    result = run_demo(out, epochs=epochs)
+    result = run_demo(out, epochs=epochs, device=device)
     _print_result(result)
     typer.echo(f"demo finished in {result.elapsed_s / 60:.1f} min")

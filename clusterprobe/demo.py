@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .errors import ClusterprobeError
 from .report import ReportResult, ReportSettings, build_report
 from .runs import RunLayout
 
@@ -33,9 +34,19 @@ DEMO_METHODS = {"resa": {}, "byol": {"predictor_dims": [128, 64]}}
 
 def run_demo(out: str | Path = "clusterprobe-demo", epochs: int = 6, progress: bool = True,
              device: str = "auto") -> ReportResult:
-    """Train the demo runs into ``out/runs`` (resuming finished ones) and report into ``out/report``."""
+    """Train the demo runs into ``out/runs`` and report into ``out/report``.
+
+    Runs already there are reused when they have ``epochs`` epochs, extended when they have
+    fewer (interrupted ones resume) and started again when they have no checkpoint yet.
+
+    Raises:
+        ClusterprobeError: ``epochs`` < 1, or a run in ``out`` was trained for more epochs (its
+            report would show that longer run, whose schedule is not an ``epochs``-epoch one).
+    """
     from .trainer import train
 
+    if int(epochs) < 1:
+        raise ClusterprobeError(f"The demo trains at least one epoch; got epochs={epochs}.")
     out = Path(out)
     started = time.perf_counter()
     for method, extra in DEMO_METHODS.items():
@@ -43,8 +54,17 @@ def run_demo(out: str | Path = "clusterprobe-demo", epochs: int = 6, progress: b
         config = {**DEMO_TRAINING, **extra, "method": method, "epochs": epochs, "out": str(run_dir),
                   "device": device, "progress": progress}
         layout = RunLayout(run_dir)
-        if not layout.checkpoint_path(epochs).exists():
-            train(config, resume=layout.config_path.exists())
+        saved = layout.read_config().get("epochs")
+        if saved is not None and int(saved) > epochs:
+            raise ClusterprobeError(
+                f"{run_dir} holds a {saved}-epoch demo run: its report would show {saved} epochs, not {epochs} "
+                f"(and epoch {epochs} of a {saved}-epoch schedule is not an {epochs}-epoch run). Run the demo "
+                f"with --epochs {saved} (or more, to extend the runs), or into another --out."
+            )
+        checkpoints = layout.checkpoints()
+        if epochs not in checkpoints:
+            # no checkpoint yet (stopped before epoch 0 was saved): nothing to keep, start again
+            train(config, resume=bool(checkpoints), overwrite=not checkpoints and run_dir.exists())
     result = build_report(out / "runs", out / "report", ReportSettings(device=device), progress=progress)
     result.elapsed_s = time.perf_counter() - started  # type: ignore[attr-defined]
     return result
