@@ -62,13 +62,30 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         ClusterprobeError: the file is missing, cannot be parsed, or does not hold a mapping.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ClusterprobeError(f"Config file {path} is a directory; give the YAML or TOML file in it.")
     if not path.is_file():
         raise ClusterprobeError(f"Config file {path} does not exist.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ClusterprobeError(
+            f"Config file {path} is not a text file (not UTF-8): give a YAML (.yaml) or TOML (.toml) file "
+            "of settings, not a checkpoint or other binary file."
+        ) from None
+    if path.suffix.lower() == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ClusterprobeError(
+                    f"Config file {path} is TOML, which needs Python 3.11 or later (tomllib) or the tomli "
+                    "package here: pip install tomli, or write the settings as YAML."
+                ) from None
     try:
         if path.suffix.lower() == ".toml":
-            import tomllib
-
             data = tomllib.loads(text)
         else:
             import yaml

@@ -21,3 +21,10 @@ def test_image_size_help_says_it_applies_to_every_data_set():
     assert "Size NxN of the training views, for any data set" in text
     defaults = TrainConfig()
     assert f"{defaults.method} (default)" in text and f"{defaults.dataset} (default)" in text
+
+
+def test_a_checkpoint_given_as_the_config_file_is_one_clean_error(tmp_path):
+    (tmp_path / "epoch_0001.pt").write_bytes(b"PK\x03\x04\x80\x81\xfe binary")
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / "epoch_0001.pt"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "is not a text file" in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "run").exists()

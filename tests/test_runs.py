@@ -45,3 +45,23 @@ def test_config_reader(tmp_path):
         layout.read_config()
     with pytest.raises(ClusterprobeError, match="does not exist"):
         read_config_file(tmp_path / "missing.yaml")
+
+
+def test_config_files_that_are_not_text_or_not_files_are_named(tmp_path, monkeypatch):
+    """A checkpoint passed as --config ended in a UnicodeDecodeError traceback, a directory was
+    said not to exist, and on Python 3.10 (no tomllib) a TOML file 'could not be parsed: No module
+    named tomllib'."""
+    import sys
+
+    (tmp_path / "epoch_0001.pt").write_bytes(b"PK\x03\x04\x80\x81\xfe binary")
+    with pytest.raises(ClusterprobeError, match=r"epoch_0001.pt is not a text file \(not UTF-8\)"):
+        read_config_file(tmp_path / "epoch_0001.pt")
+    with pytest.raises(ClusterprobeError, match="is a directory; give the YAML or TOML file in it"):
+        read_config_file(tmp_path)
+    (tmp_path / "c.toml").write_text('method = "byol"\n')
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # import fails, as on Python 3.10
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ClusterprobeError, match=r"TOML, which needs Python 3.11 or later.*pip install tomli"):
+        read_config_file(tmp_path / "c.toml")
+    (tmp_path / "c.yaml").write_text("method: byol\n")  # YAML needs neither
+    assert read_config_file(tmp_path / "c.yaml") == {"method": "byol"}
