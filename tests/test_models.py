@@ -146,3 +146,25 @@ def test_stray_head_keys_are_refused_by_name(extra, message):
             state[key] = value
     with pytest.raises(ArchitectureMismatchError, match=message):
         describe_from_state_dict(state, "projector.")
+
+
+@pytest.mark.parametrize("backbone, calls", [("resnet18", 2), ("resnet50", 3)])
+def test_a_block_relu_runs_several_times_per_forward_and_is_refused(backbone, calls):
+    # torchvision's blocks call their one ReLU module after bn1 (bn2) and after the addition: a hook
+    # on it fires `calls` times and the last call, the block's output, used to be recorded silently
+    # under the name backbone.layer1.0.relu.
+    torch.manual_seed(0)
+    model = build_model(backbone, width=4, projector_dims=(8, 4)).eval()
+    fired = []
+    handle = model.backbone.layer1[0].relu.register_forward_hook(lambda m, i, o: fired.append(o.clone()))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        block_out = model.backbone.layer1[0](model.backbone.maxpool(model.backbone.relu(
+            model.backbone.bn1(model.backbone.conv1(x)))))
+    handle.remove()
+    assert len(fired) == calls and torch.equal(fired[-1], block_out)
+    with pytest.raises(LayerError, match=r"calls its one ReLU module .* Tap backbone.layer1.0 for the block's output"):
+        model.resolve_layer("backbone.layer1.0.relu")
+    # the stem's ReLU and the blocks' other modules run once and stay tappable
+    assert model.resolve_layer("backbone.relu").module == "backbone.relu"
+    assert model.resolve_layer("backbone.layer1.0.bn1").module == "backbone.layer1.0.bn1"

@@ -182,6 +182,7 @@ class SSLModel(nn.Module):
             return LayerSpec(name, f"projector.{taps[index]}", pre_activation=pre_activation)
         modules = dict(self.named_modules())
         if name in modules and name:
+            _refuse_reused_module(name, modules)
             tokens = None
             if self.config.backbone == "vit" and name.startswith("backbone."):
                 tokens = "cls" if self.config.vit.get("class_token", True) else "mean"
@@ -197,6 +198,30 @@ class SSLModel(nn.Module):
         if self.config.backbone == "vit":
             return [f"backbone.blocks.{i}" for i in range(len(self.backbone.blocks))]
         return [f"backbone.{n}" for n, _ in self.backbone.named_children() if n.startswith("layer")]
+
+
+def _refuse_reused_module(name: str, modules: Mapping[str, nn.Module]) -> None:
+    """Refuse a module path whose module runs more than once per forward pass.
+
+    torchvision's residual blocks own a single ``relu`` module and call it after every BatchNorm
+    and after the addition (BasicBlock twice, Bottleneck three times). A forward hook fires on
+    every call and keeps the last, so ``backbone.layer1.0.relu`` would silently be the block's
+    output (``backbone.layer1.0``), not the ReLU after ``bn1`` that the name suggests.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    parent_path, _, child = name.rpartition(".")
+    parent = modules.get(parent_path)
+    if child == "relu" and isinstance(parent, (BasicBlock, Bottleneck)):
+        calls = "twice" if isinstance(parent, BasicBlock) else "three times"
+        after = "bn1 and after the residual addition" if isinstance(parent, BasicBlock) else \
+            "bn1, after bn2 and after the residual addition"
+        raise LayerError(
+            f"Layer {name!r} cannot be tapped: a {type(parent).__name__} calls its one ReLU module "
+            f"{calls} per forward pass (after {after}), so a hook on it would record only the last "
+            f"call, the block's output. Tap {parent_path} for the block's output, or "
+            f"{parent_path}.bn1 for the first convolution's normalised features (before that ReLU)."
+        )
 
 
 def build_backbone(config: ModelConfig) -> nn.Module:
