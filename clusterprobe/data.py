@@ -271,9 +271,12 @@ def load_dataset(
     batch reaches it.
 
     Raises:
-        DatasetError: unknown name or split, the data set is not under ``root``, a class folder
-            holds no images, an image cannot be read or (evaluation without ``image_size``) has
-            another size than the first image.
+        DatasetError: unknown name or split, a transform that is not 'eval', None or a callable,
+            an ``image_size`` that is not a positive whole number, ``mean``/``std`` of another
+            length than the channels (one value is every channel's) or a std <= 0, the data set
+            is not under ``root``, a root with split folders but not ``split`` (imagefolder), the
+            splits' class folders differ, a class folder holds no images, an image cannot be read
+            or (evaluation without ``image_size``) has another size than the first image.
     """
     if name not in DATASETS:
         raise DatasetError(
@@ -281,6 +284,11 @@ def load_dataset(
         )
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use 'train' or 'test'.")
+    if not (transform is None or transform == "eval" or callable(transform)):
+        raise DatasetError(
+            f"transform={transform!r} is not a transform: use 'eval' (the evaluation transform), None "
+            "(PIL images) or a callable."
+        )
     image_size = _check_image_size(image_size)
     channels = 1 if name == "digits" else 3
     mean, std = _channel_values(mean, "mean", name, channels), _channel_values(std, "std", name, channels)

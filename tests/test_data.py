@@ -234,3 +234,12 @@ def test_normalisation_and_image_size_options_are_checked_and_one_value_means_ev
     assert data.info.mean == (0.5, 0.5, 0.5) and data.description["info"]["std"] == (0.25, 0.25, 0.25)
     pixels = np.asarray(data.image(1), dtype=np.float32).transpose(2, 0, 1) / 255
     np.testing.assert_allclose(data[1][0].numpy(), (pixels - 0.5) / 0.25, atol=1e-6)
+
+
+def test_a_transform_that_is_not_one_is_refused_up_front():
+    """transform='none' was stored as the transform: the first item failed with "'str' object is
+    not callable"."""
+    with pytest.raises(DatasetError, match=r"transform='none' is not a transform: use 'eval'.*None"):
+        load_dataset("digits", transform="none")
+    assert load_dataset("digits", split="test", transform=None).transform is None
+    assert load_dataset("digits", split="test", transform=np.asarray)[0][0].shape == (8, 8)
