@@ -8,7 +8,13 @@ Known data sets (:data:`DATASETS`):
 - ``imagefolder``: any ``root/<class>/*.jpg`` tree (or ``root/<split>/<class>/``), normalised
   with its own per-channel statistics (:func:`image_statistics`: measured on an evenly spread
   sample of the train split, the same for both splits, recorded in the description) unless
-  ``mean``/``std`` are given.
+  ``mean``/``std`` are given. A flat tree gives the same images for both splits (its test split
+  warns); a root with split folders but not the one asked for is refused.
+
+In every ``root/<split>/<class>/`` layout a label is the position of its folder among the sorted
+folder names, so the train and test splits must hold the same class folders (refused otherwise).
+Images are read as RGB (16-bit grey scaled from its full range; 32-bit integer and float images
+refused), digits as one channel.
 - ``digits``: scikit-learn's 8x8 handwritten digits (1,797 real images, shipped with
   scikit-learn, no files needed): the embedded default. Split deterministically, stratified,
   75 % train / 25 % test (seed 0).
