@@ -367,3 +367,31 @@ def test_defaults_cover_every_option_and_importing_clusterprobe_does_not_import_
     code = "import sys, clusterprobe; print('timm' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_block_taps_reduce_the_tokens_that_h_is_made_of():
+    from clusterprobe.errors import LayerError
+    from clusterprobe.extract import LayerCapture
+    from clusterprobe.models import ModelConfig, SSLModel
+
+    x = torch.randn(2, 3, 32, 32)
+    # a class token: a block is tapped at its class token (timm's own tokens, class token first)
+    model = SSLModel(ModelConfig(backbone="vit", vit={**SMALL})).eval()
+    randomize(model.backbone)
+    spec = model.resolve_layer("backbone.blocks.1")
+    with torch.no_grad(), LayerCapture(model, [spec]) as capture:
+        tapped = capture.run(x)[spec.name]
+        tokens = model.backbone.blocks(model.backbone._pos_embed(model.backbone.patch_embed(x)))
+    torch.testing.assert_close(tapped, tokens[:, 0])
+    # no class token but register tokens: the capture's token mean would have averaged the two
+    # register tokens with the patch tokens (not what H, the patch-token mean, is made of)
+    options = {**SMALL, "class_token": False, "reg_tokens": 2, "no_embed_class": True, "pool": "avg"}
+    model = SSLModel(ModelConfig(backbone="vit", vit=options)).eval()
+    randomize(model.backbone)
+    with torch.no_grad():
+        tokens = model.backbone.norm(model.backbone.blocks(model.backbone._pos_embed(model.backbone.patch_embed(x))))
+        torch.testing.assert_close(model.encode(x), tokens[:, 2:].mean(dim=1))
+    assert not torch.allclose(tokens.mean(dim=1), tokens[:, 2:].mean(dim=1), atol=1e-3)
+    with pytest.raises(LayerError, match="register token"):
+        model.resolve_layer("backbone.blocks.1")
+    assert model.resolve_layer("H").module == "backbone"

@@ -186,6 +186,15 @@ class SSLModel(nn.Module):
             tokens = None
             if self.config.backbone == "vit" and name.startswith("backbone."):
                 tokens = "cls" if self.config.vit.get("class_token", True) else "mean"
+                if tokens == "mean" and self.config.vit.get("reg_tokens", 0):
+                    # The capture's token mean runs over every token, the register tokens too,
+                    # which is not the patch-token mean H is pooled from: refuse, never mislabel.
+                    raise LayerError(
+                        f"Layer {name!r} cannot be reduced to one vector: this ViT has no class "
+                        f"token and {self.config.vit['reg_tokens']} register token(s), and the "
+                        "token mean would average the register tokens with the patch tokens. "
+                        "Extract H (the mean of the patch tokens) instead."
+                    )
             return LayerSpec(name, name, tokens=tokens)
         suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 2]
         raise LayerError(
