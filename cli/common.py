@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from clusterprobe.errors import ClusterprobeError
 
@@ -17,20 +18,24 @@ F = TypeVar("F", bound=Callable)
 
 
 def friendly_errors(function: F) -> F:
-    """Print a :class:`ClusterprobeError` as one paragraph (no traceback) and exit with code 1."""
+    """Print a :class:`ClusterprobeError` as one paragraph (no traceback) and exit with code 1.
+
+    Messages are printed as text, never as rich markup: a path or value in square brackets
+    ("runs/[baseline]", "[min, max]") would otherwise be dropped as a style tag, or end in a
+    MarkupError traceback ("[/x]")."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except ClusterprobeError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
         except OSError as error:
             message = _os_error_message(error)
             if message is None:
                 raise
-            console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=1) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: finished chunks/epochs are kept; run the same command again to resume.")

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .common import console, friendly_errors, split_list
@@ -120,7 +121,7 @@ def layers(
         spec = model.resolve_layer(name)
         what = {"H": "encoder output (pooled)", "Z": loaded.z or "projector output"}.get(
             name, "projector hidden layer, after its activation")
-        table.add_row(name, str(dim), spec.module, what)
+        table.add_row(escape(name), str(dim), escape(spec.module), escape(what))
     Console().print(table)
     for fact in loaded.facts:
         typer.echo(f"  {fact}")
@@ -155,7 +156,7 @@ def _load(checkpoint: Path, *, warn: bool = True, **options):
     for warning in caught:
         if issubclass(warning.category, AssumptionWarning):
             if warn:
-                console.print(f"[yellow]warning:[/] {warning.message}", highlight=False, soft_wrap=True)
+                console.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loaded

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .common import friendly_errors, int_list, split_list
@@ -69,17 +70,17 @@ def render_tables(frame) -> list[Table]:
                 str(run), str(method), "" if isna(epoch) else f"epoch {epoch}", split,
             ) if part
         )
-        table = Table(title=title, title_justify="left", header_style="bold")
+        table = Table(title=escape(title), title_justify="left", header_style="bold")
         table.add_column("metric")
         present = [layer for layer in layers if layer in set(rows["layer"])]
         for layer in present:
-            table.add_column(layer, justify="right")
+            table.add_column(escape(str(layer)), justify="right")
         cells = {(r.metric, r.layer): _cell(r.value, r.std) for r in rows.itertuples()}
         for metric in sorted(dict.fromkeys(rows["metric"]), key=lambda m: order.get(m, len(order))):
-            table.add_row(HEADERS.get(metric, metric), *[cells.get((metric, layer), "") for layer in present])
+            table.add_row(escape(HEADERS.get(metric, metric)), *[cells.get((metric, layer), "") for layer in present])
         evaluations = sorted(set(rows["evaluation"]) - {""})
         if evaluations:
-            table.caption = "probes: " + "; ".join(evaluations)
+            table.caption = escape("probes: " + "; ".join(evaluations))
             table.caption_justify = "left"
         tables.append(table)
     return tables
@@ -174,13 +175,13 @@ def _run(source, settings, main: bool, *, train, layers, splits, epochs, cache, 
     out.print(f"[dim]{_settings_line(settings)}[/]", highlight=False)
     skipped = frame[frame["note"] != ""].drop_duplicates(["layer", "split", "unit", "note"])
     for row in skipped.itertuples():
-        out.print(f"[yellow]{row.unit}[/] ({row.layer}, {row.split}): {row.note}", highlight=False)
+        out.print(f"[yellow]{escape(str(row.unit))}[/] " + escape(f"({row.layer}, {row.split}): {row.note}"), highlight=False)
     if frame.attrs.get("cache_error"):
-        out.print(f"[yellow]not cached:[/] {frame.attrs['cache_error']}; the values above were computed "
+        out.print(f"[yellow]not cached:[/] {escape(str(frame.attrs['cache_error']))}; the values above were computed "
                   "but will be computed again next time (make its folder writable; --no-cache skips the cache)",
                   highlight=False, soft_wrap=True)
     elif frame.attrs.get("cache"):
-        out.print(f"cached in {frame.attrs['cache']}", highlight=False, soft_wrap=True)
+        out.print(escape(f"cached in {frame.attrs['cache']}"), highlight=False, soft_wrap=True)
     if output is not None:
         _write(frame, output)
-        out.print(f"wrote {output}", highlight=False, soft_wrap=True)
+        out.print(escape(f"wrote {output}"), highlight=False, soft_wrap=True)

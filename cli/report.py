@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from rich.markup import escape
+
 from .common import console, friendly_errors, int_list, split_list
 
 
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 def _print_result(result) -> None:
     for message in result.warnings:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     typer.echo(f"metrics table: {result.metrics_csv}")
     typer.echo(f"report: {result.index_html}")
 

@@ -13,6 +13,8 @@ from typing import Any, List, Optional
 
 import typer
 
+from rich.markup import escape
+
 from cli.common import console, friendly_errors, split_list
 
 HELP = """Train a self-supervised model (ReSA or a baseline) and write a run directory:
@@ -137,4 +139,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]interrupted[/]: saved checkpoints are kept; continue with the same "
                           f"command plus --resume.")
             sys.exit(130)
-        console.print(f"run written to {run_dir}", highlight=False)
+        console.print(escape(f"run written to {run_dir}"), highlight=False)

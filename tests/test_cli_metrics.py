@@ -201,3 +201,21 @@ def test_an_output_file_of_another_format_is_refused_before_the_work(app, extrac
                                  "-o", str(tmp_path / "table.PARQUET")], env=WIDE)
     assert result.exit_code == 0, result.output
     assert set(pd.read_parquet(tmp_path / "table.PARQUET")["metric"]) == {"nmi"}
+
+
+def test_messages_with_square_brackets_are_printed_as_they_are(app, extracted_run, tmp_path):
+    """Messages went through rich markup: 'runs/[baseline]/x' was printed as 'runs//x' (a wrong
+    path), '[min, max]' vanished, and '[/x]' ended in a MarkupError traceback."""
+    from cli.main import app as main_app
+
+    for name in ("[baseline]", "[/x]"):
+        result = runner.invoke(app, ["metrics", str(tmp_path / "runs" / name / "bank")], env=WIDE)
+        assert result.exit_code == 1 and f"runs/{name}/bank does not exist" in result.output, result.output
+    result = runner.invoke(main_app, ["train", "--dataset", "digits", "--crop-scale", "0.2", "--out", str(tmp_path / "r")],
+                           env=WIDE)
+    assert result.exit_code == 1 and "crop_scale must be [min, max] with" in result.output, result.output
+    # paths printed after the work keep their brackets too
+    (tmp_path / "[b]").mkdir()
+    result = runner.invoke(app, ["metrics", str(extracted_run / "features" / "test" / "epoch_0003"), "--metrics", "nmi",
+                                 "--layers", "H", "--no-cache", "-o", str(tmp_path / "[b]" / "t.csv")], env=WIDE)
+    assert result.exit_code == 0 and f"wrote {tmp_path / '[b]' / 't.csv'}" in result.output, result.output
