@@ -179,14 +179,19 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     """Replace every BatchNorm of ``module`` by a global-batch one (in place where possible).
 
     CUDA: :meth:`torch.nn.SyncBatchNorm.convert_sync_batchnorm`. CPU: :class:`GlobalBatchNorm`,
-    keeping weights, buffers and state-dict keys. Returns the (possibly new) module.
+    which, as torch's conversion does, takes over the BatchNorm's own parameter and buffer
+    tensors (so their dtype, device, ``requires_grad`` and identity, e.g. in an optimiser built
+    before, stay as they were) and state-dict keys. Returns the (possibly new) module.
     """
     if device.type != "cpu":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, GlobalBatchNorm):
         converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum,
-                                    module.affine, module.track_running_stats)
-        converted.load_state_dict(module.state_dict())
+                                    module.affine, module.track_running_stats, device="meta")
+        for name in ("weight", "bias"):
+            setattr(converted, name, getattr(module, name))  # the same Parameters (or None)
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            setattr(converted, name, getattr(module, name))  # the same buffers (or None)
         converted.train(module.training)
         return converted
     for name, child in module.named_children():
