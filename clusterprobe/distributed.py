@@ -158,7 +158,9 @@ class GlobalBatchNorm(_BatchNorm):
         total = float(count.item())
         if total <= 1:
             raise TrainingInputError("Expected more than 1 value per channel when training (global batch).")
-        x = input.float()
+        # float32 at least (half inputs), float64 kept: BatchNorm itself computes in the input's
+        # precision, and a double model must not be normalised with single-precision statistics
+        x = input.to(torch.promote_types(input.dtype, torch.float32))
         mean = differentiable_all_reduce(x.sum(dim=dims)) / total
         centred = x - mean.view(shape)
         var = differentiable_all_reduce(centred.pow(2).sum(dim=dims)) / total
