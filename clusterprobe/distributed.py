@@ -92,9 +92,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+REDUCE_OPS = ("sum", "mean", "max")
+
+
 @torch.no_grad()
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """Sum (``op="sum"``), max or average (``"mean"``) ``tensor`` over all ranks, in place."""
+    """Sum (``op="sum"``), max or average (``"mean"``) ``tensor`` over all ranks, in place.
+
+    Any other ``op`` is refused (in one process too, so a misspelt one never runs as a sum), and
+    so is ``"mean"`` of an integer tensor, which has no exact in-place result.
+    """
+    if op not in REDUCE_OPS:
+        raise ValueError(f"all_reduce_ op must be one of {', '.join(REDUCE_OPS)}, got {op!r}.")
+    if op == "mean" and not tensor.is_floating_point():
+        raise TypeError(f"all_reduce_ op 'mean' needs a floating-point tensor, got {tensor.dtype}.")
     if not is_distributed():
         return tensor
     if op == "max":

@@ -129,6 +129,34 @@ def test_global_batchnorm_equals_batchnorm_on_the_global_batch(ranks, name):
     torch.testing.assert_close(torch.cat([r["eval"] for r in results]), reference["eval"], **tol)
 
 
+@pytest.mark.distributed
+def test_all_reduce_and_gather_semantics(ranks):
+    values = [torch.tensor([1.0, -2.0, 3.5]), torch.tensor([4.0, 5.0, -6.0])]  # what each rank held
+    for result in ranks:
+        torch.testing.assert_close(result["sum"], values[0] + values[1], rtol=0, atol=0)
+        torch.testing.assert_close(result["mean"], (values[0] + values[1]) / 2, rtol=0, atol=0)
+        torch.testing.assert_close(result["max"], torch.maximum(values[0], values[1]), rtol=0, atol=0)
+        assert result["sum_int"].dtype == torch.int64 and result["sum_int"].tolist() == [3, 5]
+        # a misspelt op used to run as a sum under torchrun (and do nothing in one process)
+        assert result["min"].startswith("ValueError") and result["avg"].startswith("ValueError")
+        assert result["mean_int"].startswith("TypeError")
+        torch.testing.assert_close(result["gathered"], torch.arange(12.0).reshape(4, 3))
+    # gather(grad=True): rank r's loss is sum(gathered * (r + 1)); the gradient reaching each
+    # rank's rows is the sum over ranks of (r + 1) = 3, as one process's loss over both gives
+    for result in ranks:
+        torch.testing.assert_close(result["gather_grad"], torch.full((2, 3), 3.0))
+
+
+def test_all_reduce_refuses_unknown_ops_in_one_process():
+    from clusterprobe import distributed
+
+    with pytest.raises(ValueError, match="sum, mean, max"):
+        distributed.all_reduce_(torch.ones(2), op="min")
+    with pytest.raises(TypeError, match="floating-point"):
+        distributed.all_reduce_(torch.ones(2, dtype=torch.int64), op="mean")
+    torch.testing.assert_close(distributed.all_reduce_(torch.ones(2), op="mean"), torch.ones(2))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conversion_keeps_the_batchnorms_own_tensors(dtype):
     """GlobalBatchNorm takes over the BatchNorm's Parameters and buffers, as torch's
