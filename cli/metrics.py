@@ -165,7 +165,7 @@ def _run(source, settings, main: bool, *, train, layers, splits, epochs, cache, 
         frame = evaluate(
             source, settings, train=train, layers=split_list(layers), splits=split_list(splits),
             epochs=epochs, cache=cache,
-            recompute=recompute, progress=(lambda message: status.update(message)) if main else False,
+            recompute=recompute, progress=(lambda message: status.update(escape(message))) if main else False,
         )
     if not main:
         return

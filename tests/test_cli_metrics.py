@@ -219,3 +219,18 @@ def test_messages_with_square_brackets_are_printed_as_they_are(app, extracted_ru
     result = runner.invoke(app, ["metrics", str(extracted_run / "features" / "test" / "epoch_0003"), "--metrics", "nmi",
                                  "--layers", "H", "--no-cache", "-o", str(tmp_path / "[b]" / "t.csv")], env=WIDE)
     assert result.exit_code == 0 and f"wrote {tmp_path / '[b]' / 't.csv'}" in result.output, result.output
+
+
+def test_a_run_name_with_square_brackets_reaches_the_table(app, extracted_run, tmp_path):
+    """The progress line and the table title rendered the run's name as markup: a run named
+    '[/x]' (train --name, or its folder) ended in a MarkupError traceback mid-computation."""
+    import json
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(extracted_run / "features" / "test" / "epoch_0003", bank)
+    meta = json.loads((bank / "meta.json").read_text())
+    meta["checkpoint"]["run"] = "[/x]"
+    (bank / "meta.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["metrics", str(bank), "--metrics", "nmi", "--layers", "H", "--no-cache"], env=WIDE)
+    assert result.exit_code == 0 and "[/x] · resa · epoch 3 · test" in " ".join(result.output.split()), result.output
