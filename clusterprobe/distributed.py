@@ -63,14 +63,26 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Distrib
     """Start (or join) the process group that torchrun describes in the environment.
 
     Without torchrun (``WORLD_SIZE`` unset or 1) nothing is started and a one-process
-    :class:`DistributedEnv` is returned.
+    :class:`DistributedEnv` is returned, unless this process already belongs to a process group
+    (started by the caller, e.g. under ``torch.multiprocessing.spawn`` without torchrun's
+    variables): then that group is joined and its rank and world size are this process's.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    # A group this process already belongs to decides: the helpers below (gather, all_reduce_,
+    # GlobalBatchNorm) act on it whatever the environment says, so the env must agree with them.
+    joined_own = dist.is_available() and dist.is_initialized() and "LOCAL_RANK" not in os.environ
+    if dist.is_available() and dist.is_initialized():
+        world = dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resolved = resolve_device(device)
     if world <= 1:
         return DistributedEnv(device=resolved)
-    if resolved.type == "cuda":
+    if joined_own:
+        # Started by the caller without torchrun's LOCAL_RANK: its current GPU is its choice
+        # (resolve_device would name cuda:0 on every rank), and it is not changed here.
+        if resolved.type == "cuda" and str(device) in ("auto", "cuda"):
+            resolved = torch.device("cuda", torch.cuda.current_device())
+    elif resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     started = False
     if not dist.is_initialized():

@@ -106,6 +106,15 @@ def ranks(tmp_path_factory) -> list[dict]:
 
 
 @pytest.mark.distributed
+def test_init_distributed_joins_a_group_started_without_torchrun_variables(ranks):
+    # Before: WORLD_SIZE unset read as one process, so every rank called itself rank 0 of 1 while
+    # gather/all_reduce_/GlobalBatchNorm acted on the real group of 2.
+    for rank, result in enumerate(ranks):
+        assert result["env"] == {"rank": rank, "world_size": 2, "started_group": False, "distributed": True}
+        assert result["group_alive_after_shutdown"]  # shutdown ends only a group it started
+
+
+@pytest.mark.distributed
 @pytest.mark.parametrize("name", list(CASES))
 def test_global_batchnorm_equals_batchnorm_on_the_global_batch(ranks, name):
     reference = run_case(name, rank=None)
