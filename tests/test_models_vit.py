@@ -395,3 +395,12 @@ def test_block_taps_reduce_the_tokens_that_h_is_made_of():
     with pytest.raises(LayerError, match="register token"):
         model.resolve_layer("backbone.blocks.1")
     assert model.resolve_layer("H").module == "backbone"
+
+
+def test_an_unknown_layer_of_a_one_block_vit_is_a_layer_error():
+    from clusterprobe.errors import LayerError
+    from clusterprobe.models import ModelConfig, SSLModel
+
+    model = SSLModel(ModelConfig(backbone="vit", vit={**SMALL, "depth": 1}))
+    with pytest.raises(LayerError, match="such as backbone.blocks.0"):  # was an IndexError
+        model.resolve_layer("backbone.blockz.0")

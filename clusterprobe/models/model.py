@@ -199,7 +199,7 @@ class SSLModel(nn.Module):
         suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 2]
         raise LayerError(
             f"Unknown layer {name!r}. This model offers {', '.join(self.layer_names())}, or any "
-            f"module path such as {self.stage_paths()[-2]}.{closest_name(name, suggestions)}"
+            f"module path such as {self.stage_paths()[-2:][0]}.{closest_name(name, suggestions)}"
         )
 
     def stage_paths(self) -> list[str]:
