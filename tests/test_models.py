@@ -168,3 +168,47 @@ def test_a_block_relu_runs_several_times_per_forward_and_is_refused(backbone, ca
     # the stem's ReLU and the blocks' other modules run once and stay tappable
     assert model.resolve_layer("backbone.relu").module == "backbone.relu"
     assert model.resolve_layer("backbone.layer1.0.bn1").module == "backbone.layer1.0.bn1"
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_h_p0_p1_z_are_what_a_plain_forward_of_the_resa_head_gives(training):
+    # architecture.md / resa.md: H pooled encoder output, P0/P1 after each hidden block's ReLU
+    # (pre-activation: the BatchNorm output), Z after the affine-free BatchNorm; in eval mode and,
+    # with batch statistics, in training mode (each forward from the same starting buffers)
+    import copy
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", width=4, projector_dims=(16, 16, 8))
+    with torch.no_grad():
+        for module in model.projector:
+            if isinstance(module, torch.nn.BatchNorm1d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                if module.affine:
+                    module.weight.uniform_(0.5, 2)
+                    module.bias.uniform_(-1, 1)
+    model.train(training)
+    x = torch.randn(6, 3, 8, 8)
+    names = ["H", "P0", "P1", "Z"]
+    specs = [model.resolve_layer(n) for n in names]
+    pre_specs = [model.resolve_layer(n, pre_activation=True) for n in ("P0", "P1")]
+    plain = copy.deepcopy(model)
+    with torch.no_grad():
+        with LayerCapture(copy.deepcopy(model), specs) as capture:
+            post = capture.run(x)
+        pre_model = copy.deepcopy(model)
+        with LayerCapture(pre_model, pre_specs) as capture:
+            pre = capture.run(x)
+        h = plain.backbone(x)
+        linear, bn = plain.projector[0], plain.projector[1]
+        b0 = bn(linear(h))
+        b1 = plain.projector[4](plain.projector[3](F.relu(b0)))
+        z = plain.projector[7](plain.projector[6](F.relu(b1)))
+    expected = {"H": h, "P0": F.relu(b0), "P1": F.relu(b1), "Z": z}
+    for name in names:
+        torch.testing.assert_close(post[name], expected[name], rtol=0, atol=0)
+    torch.testing.assert_close(pre["P0"], b0, rtol=0, atol=0)
+    torch.testing.assert_close(pre["P1"], b1, rtol=0, atol=0)
+    assert (pre["P0"] < 0).any() and (pre["P1"] < 0).any()  # not overwritten by the in-place ReLU
+    assert plain.projector[7].affine is False and plain.projector[7].weight is None
