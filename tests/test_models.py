@@ -212,3 +212,21 @@ def test_h_p0_p1_z_are_what_a_plain_forward_of_the_resa_head_gives(training):
     torch.testing.assert_close(pre["P1"], b1, rtol=0, atol=0)
     assert (pre["P0"] < 0).any() and (pre["P1"] < 0).any()  # not overwritten by the in-place ReLU
     assert plain.projector[7].affine is False and plain.projector[7].weight is None
+
+
+@pytest.mark.parametrize("name, in_channels", [("resnet18", 3), ("resnet50", 1)])
+def test_cifar_stem_equals_torchvision_with_solo_learns_stem(name, in_channels):
+    # solo-learn (and, with a 1-pixel pad before a padding-1 conv, the ReSA reference code):
+    # torchvision's ResNet with conv1 = 3x3, stride 1, padding 2 and no max-pool
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)()
+    reference.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    reference.maxpool = torch.nn.Identity()
+    reference.fc = torch.nn.Identity()
+    backbone = ResNetBackbone(name, cifar_stem=True, in_channels=in_channels)
+    backbone.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, in_channels, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.eval()(x), reference.eval()(x), rtol=0, atol=0)
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1))  # the ReSA code's ConstantPad2d(1)
+        torch.testing.assert_close(backbone.conv1(x), torch.nn.functional.conv2d(padded, backbone.conv1.weight, padding=1))
