@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, help="Run name recorded in checkpoints (default: the directory name)."),
         save_every: Optional[int] = typer.Option(None, help="Save checkpoints/epoch_XXXX.pt every N epochs (and after the last)."),
         save_init: Optional[bool] = typer.Option(None, "--save-init/--no-save-init", help="Save the initialisation as epoch_0000.pt."),
-        log_every: Optional[int] = typer.Option(None, help="Write a log.csv row every N steps."),
+        log_every: Optional[int] = typer.Option(None, help="Write a log.csv row every N steps; the loss is read back from the GPU only then (and at each epoch's end), so N > 1 spares a host sync every step."),
         monitor_every: Optional[int] = typer.Option(None, help="kNN monitor (train bank -> test) every N epochs; 0 = off."),
         tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard", help="Also log to runs/NAME/tensorboard (needs tensorboard)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its newest checkpoint."),

@@ -284,3 +284,20 @@ def test_resuming_an_earlier_run_with_another_blur_kernel_is_refused_with_the_re
     with pytest.raises(RunDirectoryError, match=r"blur_kernel: '10percent' -> '3sigma' \(the rule for the Gaussian "
                        r"blur's kernel size the run was trained with; its config.yaml predates the field"):
         train({"out": str(old), "blur_kernel": "3sigma"}, resume=True)
+
+
+def test_a_relative_data_root_is_recorded_as_the_folder_trained_on(tmp_path, monkeypatch):
+    """config.yaml names the data folder absolutely: a relative 'data' would be read again from
+    the folder a later extract/report runs in (another data set there would be measured as this one)."""
+    from clusterprobe.trainer.config import build_config, load_saved_config, save_config
+    from clusterprobe.runs import RunLayout
+
+    monkeypatch.chdir(tmp_path)
+    config = build_config({"out": "runs/x", "dataset": "cifar10", "data_root": "data"})
+    assert config.data_root == str(tmp_path / "data")
+    save_config(config, tmp_path / "runs" / "x" / "config.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_saved_config(RunLayout(tmp_path / "runs" / "x")).data_root == str(tmp_path / "data")
+    assert build_config({"out": "runs/y"}).data_root is None  # digits: no folder

@@ -93,7 +93,8 @@ class TrainConfig:
 
     Data: ``dataset`` (cifar10, cifar100, digits, imagefolder), ``data_root``, ``download``,
     ``limit_train`` (train on the first N images of a seeded permutation), ``image_size``
-    (imagefolder; others use the data set's size).
+    (every data set is resized to it; None: the data set's own size). ``data_root`` is stored
+    as an absolute path.
 
     Model: ``backbone`` (resnet18/34/50), ``width`` (first-stage channels, 64 = standard),
     ``cifar_stem`` (None: on for images <= 64 px), ``stem_padding`` (the CIFAR stem's zero
@@ -352,6 +353,7 @@ def resolve_config(config: TrainConfig | Mapping[str, Any] | str | os.PathLike) 
     """
     config = coerce_config(config)
     _check_names(config)
+    _absolute_data_root(config)
     _fill_method_defaults(config)
     _resolve_options(config)
     _check_model(config)
@@ -377,6 +379,15 @@ def _check_names(config: TrainConfig) -> None:
     if config.dataset not in DATASETS:
         _fail(f"Unknown data set {config.dataset!r}; the known data sets are {', '.join(DATASETS)}."
               f"{closest_name(config.dataset, DATASETS)}")
+
+
+def _absolute_data_root(config: TrainConfig) -> None:
+    """``data_root`` as an absolute path, so config.yaml names the folder trained on: a relative
+    one (the shipped configs' ``data``) would be read again from whatever folder a later
+    ``extract``, ``report`` or ``--resume`` runs in, and an image folder there would be measured
+    as the run's data set."""
+    if config.data_root is not None and str(config.data_root) != "":
+        config.data_root = str(Path(config.data_root).expanduser().resolve())
 
 
 def _fill_method_defaults(config: TrainConfig) -> None:
