@@ -145,6 +145,11 @@ def lock_bank(path: str | os.PathLike, request: str | None,
     try:
         stack.enter_context(exclusive_lock(path, wait=False, what=what, info={"request": request}))
     except OutputPathError as error:
+        blocker = _file_above(path)
+        if blocker is not None:  # mkdir said "File exists" or "Not a directory": the real problem
+            raise OutputPathError(
+                f"Cannot write the feature bank {path}: {blocker} is a file, not a folder. Choose "
+                "another output directory (--out, out=...), or move that file away.") from None
         raise OutputPathError(f"{error} Choose a writable output directory (--out, out=...).") from None
     except LockedError as error:
         holder = error.holder
@@ -439,6 +444,13 @@ def float16_refusal(too_large: Mapping[str, int]) -> str:
     return ("float16 cannot hold these features: "
             + ", ".join(f"layer {name}: {count} values beyond +-65,504" for name, count in too_large.items())
             + ". They would be stored as inf. Store the bank as float32 (--dtype float32, dtype='float32').")
+
+
+def _file_above(path: str | os.PathLike) -> Path | None:
+    """The nearest existing folder above ``path`` when it is not a folder (a file where a folder
+    of the path belongs, e.g. ``x.txt`` of ``x.txt/bank``), else None."""
+    above = _existing_ancestor(Path(path).absolute().parent)
+    return None if above.is_dir() else above
 
 
 def _existing_ancestor(path: Path) -> Path:

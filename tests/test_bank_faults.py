@@ -60,3 +60,14 @@ def test_truncated_meta_json(bank, tmp_path):
         text = (path / "meta.json").read_text()
         (path / "meta.json").write_text(text[:50])
     assert "meta.json is not valid JSON" in damaged(bank, tmp_path, truncate)
+
+
+def test_writing_a_bank_below_a_file_names_the_file(tmp_path):
+    """FeatureBank.write(x.txt/b) with x.txt a file: OutputPathError saying x.txt is a file, not
+    'x.txt is not writable (File exists)'."""
+    from clusterprobe.errors import OutputPathError
+
+    (tmp_path / "x.txt").write_text("notes\n")
+    with pytest.raises(OutputPathError, match="x.txt is a file, not a folder") as caught:
+        FeatureBank.write(tmp_path / "x.txt" / "b", features={"H": np.zeros((3, 2), np.float32)})
+    assert "not writable" not in str(caught.value) and "File exists" not in str(caught.value)

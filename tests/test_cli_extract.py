@@ -116,3 +116,17 @@ def test_image_size_resizes_any_data_set_as_its_help_says(own_checkpoint, tmp_pa
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
     assert meta["dataset"]["info"]["image_size"] == 16 and "Resize(size=16" in meta["dataset"]["transform"]
+
+
+def test_an_out_below_a_file_says_the_file_is_not_a_folder(own_checkpoint, tmp_path):
+    """`extract --out x.txt/b` with x.txt a file said "x.txt is not writable (File exists)": the
+    operating system's words for mkdir over a file, which sent users after permissions."""
+    path, _, _ = own_checkpoint
+    (tmp_path / "x.txt").write_text("notes\n")
+    for out in (tmp_path / "x.txt" / "b", tmp_path / "x.txt" / "deeper" / "b"):
+        result = runner.invoke(app, ["extract", str(path), "--layers", "H", "--out", str(out)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        text = " ".join(result.output.split())
+        assert f"{tmp_path / 'x.txt'} is a file, not a folder" in text
+        assert "not writable" not in text and "File exists" not in text and "Not a directory" not in text
+    assert (tmp_path / "x.txt").read_text() == "notes\n"
