@@ -426,3 +426,16 @@ def test_lightly_swav_model_with_prototypes_and_queues_loads(tmp_path):
     assert loaded.format == "lightly" and loaded.assumptions == []
     x = torch.randn(2, 3, 32, 32)
     same_outputs(loaded.model, torch.nn.Sequential(backbone, torch.nn.Flatten(1), head), x)
+
+
+def test_args_json_for_a_checkpoint_that_is_not_solo_learn_is_refused(tmp_path, own_checkpoint):
+    """--args-json was silently ignored for other formats: the user believed it applied."""
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"method": "vicreg", "backbone": {"name": "resnet50"}}))
+    reference = torchvision.models.resnet18()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, tmp_path / "r18.pth")
+    with pytest.raises(CheckpointError, match="describes a solo-learn checkpoint.*r18.pth is not one"):
+        load_checkpoint(tmp_path / "r18.pth", args_json=args)
+    path, _, _ = own_checkpoint
+    with pytest.raises(CheckpointError, match="written by clusterprobe's trainer"):
+        load_checkpoint(path, args_json=args)

@@ -87,6 +87,11 @@ def load_checkpoint(
             f"{path} holds a {type(raw).__name__}, not a dict of weights. Known formats: {KNOWN_FORMATS}."
         )
     if raw.get("format") == CHECKPOINT_FORMAT:
+        if args_json is not None:
+            raise CheckpointError(
+                f"args_json (--args-json) describes a solo-learn checkpoint, but {path} was written by "
+                "clusterprobe's trainer, which records its own architecture. Leave it out."
+            )
         loaded = load_own(raw, path, branch)
     else:
         loaded = _load_layout(recognise(raw, path, Path(args_json) if args_json else None), path, branch,

@@ -442,10 +442,16 @@ RECOGNISERS: tuple[Callable[[Mapping, Mapping[str, torch.Tensor]], Layout | None
 def recognise(raw: Mapping, path: Path, args_json: Path | None) -> Layout:
     """The :class:`Layout` of a (non-clusterprobe) checkpoint dict, or a clear refusal."""
     layout = dino(raw, path)
+    if layout is None and _is_solo_learn(raw, path, args_json):
+        return solo_learn(raw, path, args_json)
+    if args_json is not None:  # it would be silently ignored: the user believes it was applied
+        raise CheckpointError(
+            f"args_json (--args-json) describes a solo-learn checkpoint, but {path} is not one (no "
+            "Lightning 'state_dict' with 'backbone.' keys). Leave it out: this file's architecture is "
+            f"read from the file itself. Known formats: {KNOWN_FORMATS}."
+        )
     if layout is not None:
         return layout
-    if _is_solo_learn(raw, path, args_json):
-        return solo_learn(raw, path, args_json)
     state = _weights(raw)
     if state is None:
         raise CheckpointError(
