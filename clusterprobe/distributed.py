@@ -148,13 +148,29 @@ def gather(tensor: torch.Tensor, grad: bool = False) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks whose backward sums the incoming gradients over ranks, as every rank's loss
+    depends on every rank's input (what ``torch.distributed.nn.functional.all_reduce`` did; that
+    function is deprecated from torch 2.14 in favour of a private module)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def differentiable_all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, with the gradient summed back to every rank (identity in one process)."""
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor)
+    return _SumOverRanks.apply(tensor)
 
 
 # ---------------------------------------------------------------------------------------------
