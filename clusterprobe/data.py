@@ -27,18 +27,24 @@ and an image whose size differs from the others (with no resize) each raise a
 ``load_dataset(..., skip_unreadable=True)`` instead reads every image once up front and leaves out
 those that cannot be decoded; they are listed in the data set's ``description["skipped_unreadable"]``
 (and so in a feature bank's meta.json).
+
+A data set read from files has a signature of them (:meth:`LabeledImageDataset.files_signature`:
+each image's relative path, class, size and modification time, or torchvision's CIFAR batch
+files'), part of the identity of its feature banks: images regenerated, added, removed or moved
+to another class folder in place make a different bank, never a silently reused old one.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 import warnings
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -100,10 +106,15 @@ class DatasetInfo:
 
 
 class ArrayImages:
-    """Indexable PIL view of a uint8 array of images, shape (n, H, W) or (n, H, W, C)."""
+    """Indexable PIL view of a uint8 array of images, shape (n, H, W) or (n, H, W, C).
 
-    def __init__(self, array: np.ndarray):
+    ``files``: the files the array was read from (torchvision's CIFAR batches), signed by
+    :meth:`LabeledImageDataset.files_signature`; empty for data held in memory only.
+    """
+
+    def __init__(self, array: np.ndarray, files: Sequence[str | os.PathLike] = ()):
         self.array = array
+        self.files = tuple(Path(file) for file in files)
 
     def __len__(self) -> int:
         return len(self.array)
@@ -208,6 +219,8 @@ class LabeledImageDataset(Dataset):
         # (path, (width, height)) of the reference image when the transform keeps image sizes
         # (evaluation without resize): another size would fail later, unnamed, in torch.stack.
         self._same_size_as: tuple[str, tuple[int, int]] | None = None
+        # (the images it was computed for, signature): see files_signature()
+        self._signature: tuple[Any, dict | None] | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -231,6 +244,42 @@ class LabeledImageDataset(Dataset):
             image = self.transform(image)
         return image, int(self.targets[index])
 
+    def files_signature(self) -> dict[str, Any] | None:
+        """A cheap signature of the files this data set reads, or None when it reads none (digits,
+        images held in memory).
+
+        An image folder (imagefolder, CIFAR in folder layout): SHA-256 over the sorted
+        (path relative to the root, class, size in bytes, modification time in ns) of every image
+        file it holds; torchvision's CIFAR: over (name, size, modification time) of its batch
+        files. Only the files' metadata is read (one ``stat`` each, no content): regenerated,
+        added, removed or relabelled images change it, and so does a copy that did not keep the
+        modification times (``cp`` without ``-p``), which is a false alarm on the safe side
+        (see :func:`~clusterprobe.extract.extract_features`). Computed at the first call and kept
+        on the object (recomputed if its images are replaced, e.g. by ``skip_unreadable``).
+
+        Returns ``{"sha256", "count", "bytes", "of"}`` plus ``per_class`` (class: [files, bytes,
+        SHA-256 prefix], up to :data:`SIGNATURE_CLASSES` classes) for folders or ``per_file``
+        (name: [bytes, mtime_ns]) for batch files, which say what changed when two differ
+        (:func:`describe_signature_change`).
+
+        Raises:
+            DatasetError: a file listed when the data set was loaded is gone.
+        """
+        images = self._images
+        cached = getattr(self, "_signature", None)
+        if cached is not None and cached[0] is images:
+            return cached[1]
+        if isinstance(images, FolderImages):
+            classes = images.folder.classes
+            signature = folder_signature(images.folder.root,
+                                         ((path, classes[target]) for path, target in images.folder.samples))
+        elif isinstance(images, ArrayImages) and images.files:
+            signature = batch_files_signature(images.files)
+        else:
+            signature = None
+        self._signature = (images, signature)
+        return signature
+
     def with_transform(self, transform: Callable | None) -> "LabeledImageDataset":
         """A view of the same samples with another transform (e.g. training views)."""
         clone = object.__new__(type(self))
@@ -238,6 +287,111 @@ class LabeledImageDataset(Dataset):
         clone.transform = transform
         clone._same_size_as = None  # another transform may resize or crop
         return clone
+
+
+#: Classes listed one by one in a folder signature's ``per_class`` (beyond: the totals only, so
+#: that meta.json stays small for data sets with very many classes).
+SIGNATURE_CLASSES = 1000
+
+#: What a folder signature covers (recorded with it).
+FOLDER_SIGNED = "relative path, class, size in bytes, modification time (ns) of every image file"
+BATCHES_SIGNED = "name, size in bytes, modification time (ns) of every batch file"
+
+
+def _stat(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise DatasetError(
+            f"{path} was part of the data set when it was loaded but is gone now: its files changed "
+            "while it was in use. Load the data set again (run the command again)."
+        ) from None
+
+
+def folder_signature(root: str | os.PathLike, files: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Signature of the image files ``files`` ((path, class name) pairs) under ``root``: see
+    :meth:`LabeledImageDataset.files_signature`."""
+    root = str(root).rstrip(os.sep) + os.sep
+    rows = []
+    for path, name in files:
+        st = _stat(path)
+        relative = path[len(root):] if path.startswith(root) else os.path.relpath(path, root)
+        if os.sep != "/":
+            relative = relative.replace(os.sep, "/")
+        rows.append((relative, name, st.st_size, st.st_mtime_ns))
+    rows.sort()
+    digest = hashlib.sha256()
+    per_class: dict[str, list] = {}
+    class_digests: dict[str, Any] = {}
+    for relative, name, size, mtime in rows:
+        line = f"{relative}\t{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape")
+        digest.update(line)
+        if name not in class_digests:
+            class_digests[name] = hashlib.sha256()
+            per_class[name] = [0, 0]
+        class_digests[name].update(line)
+        per_class[name][0] += 1
+        per_class[name][1] += size
+    signature: dict[str, Any] = {"sha256": digest.hexdigest(), "count": len(rows),
+                                 "bytes": sum(row[2] for row in rows), "of": FOLDER_SIGNED}
+    if len(per_class) <= SIGNATURE_CLASSES:
+        signature["per_class"] = {name: [count, size, class_digests[name].hexdigest()[:16]]
+                                  for name, (count, size) in sorted(per_class.items())}
+    return signature
+
+
+def batch_files_signature(files: Iterable[str | os.PathLike]) -> dict[str, Any]:
+    """Signature of data files read whole (torchvision's CIFAR batches): name, size, mtime."""
+    per_file = {}
+    for file in files:
+        st = _stat(str(file))
+        per_file[Path(file).name] = [st.st_size, st.st_mtime_ns]
+    digest = hashlib.sha256()
+    for name, (size, mtime) in sorted(per_file.items()):
+        digest.update(f"{name}\t{size}\t{mtime}\n".encode("utf-8", "surrogateescape"))
+    return {"sha256": digest.hexdigest(), "count": len(per_file),
+            "bytes": sum(size for size, _ in per_file.values()), "of": BATCHES_SIGNED,
+            "per_file": dict(sorted(per_file.items()))}
+
+
+def describe_signature_change(then: Mapping[str, Any], now: Mapping[str, Any], limit: int = 5) -> str:
+    """What differs between two signatures of :meth:`LabeledImageDataset.files_signature`, in
+    words: the totals, then the classes (or batch files) that changed, ``limit`` of them at most."""
+    def files(count: int) -> str:
+        return f"{count:,} file{'' if count == 1 else 's'}"
+
+    totals = [f"{files(s.get('count', 0))} ({_size(s.get('bytes', 0))})" for s in (then, now)]
+    parts = [f"{totals[0]} then and now" if totals[0] == totals[1] else f"{totals[0]} then, {totals[1]} now"]
+    changes: list[str] = []
+    for key, unit in (("per_class", "class"), ("per_file", "file")):
+        old, new = then.get(key), now.get(key)
+        if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+            continue
+        for name in sorted(set(old) | set(new)):
+            if name not in new:
+                changes.append(f"{unit} {name} is gone")
+            elif name not in old:
+                changes.append(f"{unit} {name} is new" + (f" ({files(new[name][0])})" if unit == "class" else ""))
+            elif list(old[name]) != list(new[name]):
+                if unit == "file":
+                    changes.append(f"{name} changed ({_size(old[name][0])} then, {_size(new[name][0])} now)"
+                                   if old[name][0] != new[name][0] else
+                                   f"{name} has the same size but another modification time")
+                elif old[name][0] != new[name][0]:
+                    changes.append(f"class {name}: {files(old[name][0])} then, {new[name][0]:,} now")
+                elif old[name][1] != new[name][1]:
+                    changes.append(f"class {name}: the same number of files, {_size(old[name][1])} then, "
+                                   f"{_size(new[name][1])} now")
+                else:
+                    changes.append(f"class {name}: the same number of files and bytes, but other names or "
+                                   "modification times (files rewritten with the same size, or copied)")
+    if changes:
+        parts.append("; ".join(changes[:limit]) + (f"; and {len(changes) - limit} more" if len(changes) > limit else ""))
+    return "; ".join(parts)
+
+
+def _size(count: int) -> str:
+    return f"{count:,} bytes"
 
 
 def eval_transform(info: DatasetInfo, resize: int | None = None) -> Callable:
@@ -549,7 +703,8 @@ def _imagefolder(root: Path, split: str, mean, std, image_size) -> LabeledImageD
     if mean is None or std is None:
         # one normalisation for both splits: measured on the train split where there is one
         source = root / "train" if _class_tree(root / "train") else folder_root
-        measured = image_statistics(source, image_size=image_size)
+        measured = image_statistics(source, image_size=image_size,
+                                    _folder=folder if source == folder_root else None)
         if measured["images"]:
             mean, std = mean or measured["mean"], std or measured["std"]
             description["statistics"] = measured
@@ -563,19 +718,18 @@ STATISTICS_SAMPLE = 1000
 
 
 @functools.lru_cache(maxsize=32)
-def _statistics(root: str, image_size: int | None, sample: int) -> tuple:
-    folder = _image_folder(Path(root))
-    n = len(folder.samples)
-    picks = np.unique(np.linspace(0, n - 1, min(sample, n)).round().astype(int))
+def _statistics(files: tuple[str, ...], stamps: tuple, image_size: int | None) -> tuple:
+    """Mean, std and how many of ``files`` were read; ``stamps`` (their sizes and modification
+    times) are part of the cache key only: files rewritten in place are measured again."""
     steps = ([T.Resize(image_size), T.CenterCrop(image_size)] if image_size else []) + [T.ToTensor()]
     transform = T.Compose(steps)
     total = np.zeros(3)
     squares = np.zeros(3)
     pixels = 0
     used = 0
-    for index in picks:
+    for file in files:
         try:
-            x = transform(_decode(folder.samples[index][0])).double().numpy()
+            x = transform(_decode(file)).double().numpy()
         except _IMAGE_READ_ERRORS:
             continue  # a damaged file is reported (or skipped) where the data set reads it
         total += x.sum(axis=(1, 2))
@@ -583,23 +737,36 @@ def _statistics(root: str, image_size: int | None, sample: int) -> tuple:
         pixels += x.shape[1] * x.shape[2]
         used += 1
     if not used:
-        return None, None, 0, n
+        return None, None, 0
     mean = total / pixels
     std = np.sqrt(np.maximum(squares / pixels - mean ** 2, 0))
-    return tuple(round(float(m), 4) for m in mean), tuple(round(float(max(v, 1e-3)), 4) for v in std), used, n
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(max(v, 1e-3)), 4) for v in std), used
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def image_statistics(root: str | os.PathLike, *, image_size: int | None = None,
-                     sample: int = STATISTICS_SAMPLE) -> dict[str, Any]:
+                     sample: int = STATISTICS_SAMPLE, _folder: tv_datasets.ImageFolder | None = None) -> dict[str, Any]:
     """Per-channel mean and std of the RGB images of an ImageFolder tree, in [0, 1].
 
     Measured on ``sample`` images spread evenly over the tree's file list (deterministic), after
-    the evaluation resize when ``image_size`` is given; cached per process. Returns ``mean``,
-    ``std`` (3 values each, rounded to 4 decimals), ``images`` (how many were read), ``of``
-    (how many the tree holds) and ``root``.
+    the evaluation resize when ``image_size`` is given; cached per process as long as the tree
+    lists the same files with the same sizes and modification times (images regenerated in
+    place are measured again). Returns ``mean``, ``std`` (3 values each, rounded to 4 decimals),
+    ``images`` (how many were read), ``of`` (how many the tree holds) and ``root``.
     """
-    mean, std, used, total = _statistics(str(Path(root).resolve()), image_size, int(sample))
-    return {"mean": list(mean or ()), "std": list(std or ()), "images": used, "of": total, "root": str(Path(root).resolve())}
+    folder = _folder if _folder is not None else _image_folder(Path(root))
+    n = len(folder.samples)
+    picks = np.unique(np.linspace(0, n - 1, min(int(sample), n)).round().astype(int))
+    files = tuple(os.path.abspath(folder.samples[index][0]) for index in picks)
+    mean, std, used = _statistics(files, tuple(_stamp(file) for file in files), image_size)
+    return {"mean": list(mean or ()), "std": list(std or ()), "images": used, "of": n, "root": str(Path(root).resolve())}
 
 
 def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDataset:
@@ -642,7 +809,9 @@ def _cifar(name: str, root: Path, split: str, download: bool) -> LabeledImageDat
             f"it, or point the root (--data-root) at the data. ({error})"
         ) from None
     description.update(root=str(root.resolve()), layout="torchvision")
-    images = ArrayImages(base.data)
+    folder = Path(base.root) / base.base_folder
+    batches = [name for name, _ in (base.train_list if split == "train" else base.test_list)]
+    images = ArrayImages(base.data, files=[folder / name for name in batches + [base.meta["filename"]]])
     coarse = coarse_classes = None
     if is_100:
         with open(Path(base.root) / base.base_folder / ("train" if split == "train" else "test"), "rb") as f:

@@ -119,6 +119,25 @@ def test_imagefolder_is_normalised_with_its_own_statistics_from_the_train_split(
     assert given.info.mean == (0.5,) * 3 and "statistics" not in given.description
 
 
+def test_statistics_are_measured_again_when_the_images_are_regenerated_in_place(tmp_path):
+    """The per-process cache of the statistics was keyed by the root alone: a notebook that
+    regenerated its images in place and loaded them again normalised them with the old images'
+    mean and std (and so extracted wrong features even into a new bank)."""
+    for label, value in (("a", 40), ("b", 80)):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (value, value, value)).save(tmp_path / label / f"{i}.png")
+    first = load_dataset("imagefolder", root=tmp_path, split="train")
+    signature = first.files_signature()
+    assert first.info.mean == pytest.approx((60 / 255,) * 3, abs=1e-4)
+    assert load_dataset("imagefolder", root=tmp_path, split="train").info.mean == first.info.mean  # cached
+    for i in range(2):  # brighter images, same names
+        Image.new("RGB", (8, 8), (200, 200, 200)).save(tmp_path / "a" / f"{i}.png")
+    again = load_dataset("imagefolder", root=tmp_path, split="train")
+    assert again.info.mean == pytest.approx((140 / 255,) * 3, abs=1e-4)
+    assert again.files_signature() != signature
+
+
 def test_cifar10_on_folders_with_other_class_names_warns(tmp_path):
     for name in "abcdefghij":
         (tmp_path / "test" / name).mkdir(parents=True)
