@@ -209,3 +209,46 @@ def test_report_dtype_float16_stores_half_and_reuses_whatever_is_there(tmp_path)
     tables = [pd.read_csv(tmp_path / name / "report" / "metrics.csv") for name in ("half", "full")]
     rows = [t[(t.metric == "knn_top1") & (t.epoch == 1)].value.iloc[0] for t in tables]
     assert rows[0] == pytest.approx(rows[1], abs=0.01)
+
+
+# -- report options refused before any work -------------------------------------------------------
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """One run whose H banks (epochs 0 and 1) are already cached by an earlier report."""
+    root = tmp_path_factory.mktemp("cached")
+    make_run(root / "runs" / "one", [0, 1])
+    result = runner.invoke(app, ["report", str(root / "runs"), "--out", str(root / "first"), *FAST, "--no-pixels",
+                                 "--no-per-class"])
+    assert result.exit_code == 0, result.output
+    return root / "runs"
+
+
+def no_work(function):
+    """Fail if a bank is extracted or a checkpoint is loaded for extraction."""
+    import clusterprobe.extract as extract_module
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("extracted despite the bad option")
+
+    original = extract_module._extract_chunks
+    extract_module._extract_chunks = forbidden
+    try:
+        return function()
+    finally:
+        extract_module._extract_chunks = original
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(cached, tmp_path):
+    """`report --out notes.txt` (a file) ended in a NotADirectoryError traceback after the work."""
+    from clusterprobe.errors import OutputPathError
+    from clusterprobe.report import build_report
+
+    (tmp_path / "notes.txt").write_text("mine\n")
+    result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "notes.txt"),
+                                                 *FAST]))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"The report folder {tmp_path / 'notes.txt'} (--out) is a file" in output(result)
+    assert "Choose another --out" in output(result)
+    with pytest.raises(OutputPathError, match=r"notes.txt is a file, not a folder"):
+        no_work(lambda: build_report(cached, tmp_path / "notes.txt" / "report", progress=False))
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"

@@ -29,7 +29,7 @@ import pandas as pd
 from ..checkpoints import LoadedCheckpoint, canonical_branch, load_checkpoint
 from ..data import LabeledImageDataset, load_dataset
 from ..bank import FeatureBank
-from ..errors import ClusterprobeError, FeatureBankError, LayerError, ReportError, UnsafeCheckpointError
+from ..errors import ClusterprobeError, FeatureBankError, LayerError, OutputPathError, ReportError, UnsafeCheckpointError
 from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
 from ..progress import format_duration, is_terminal
@@ -339,6 +339,23 @@ def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
     return [layer for layer in settings.layers if layer in loaded.model.layer_names() or "." in layer]
 
 
+def _check_report_folder(out: Path) -> None:
+    """Refuse an ``out`` that is a file, or lies below one, before any work (it ended in a
+    NotADirectoryError traceback after all the extraction and metrics)."""
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(
+            f"The report folder {out} (--out) is a file: the report writes a folder (index.html, "
+            "metrics.csv, figures/, tables/, cache/). Choose another --out (out=...), a new or "
+            "existing folder, or move that file away.")
+    above = out.absolute().parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OutputPathError(
+            f"Cannot write the report into {out} (--out): {above} is a file, not a folder. Choose "
+            "another --out (out=...), or move that file away.")
+
+
 def _umap_embeddings(test_banks: dict[str, Path], out: Path, settings: ReportSettings,
                      bar: _Progress | None = None):
     from .embedding import cached_bank_embedding
@@ -426,10 +443,13 @@ def build_report(
     Raises:
         ReportError: no run was found, or none could be analysed (the reasons are listed).
         LockedError: another process is writing a report into ``out``.
+        OutputPathError: ``out`` is a file, or lies below one.
+        It comes before any work.
     """
     settings = settings or ReportSettings()
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
+    _check_report_folder(out)
     runs, warnings = _runs_to_report(runs_dir, out)
     # steps: each epoch's banks, each run's metrics, the figures and page (UMAP adds its own)
     total = sum(len(_epochs_to_report(run, settings)) + 1 for run in runs) + 1
