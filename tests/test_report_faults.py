@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -252,3 +253,69 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(cached, tmp_path):
     with pytest.raises(OutputPathError, match=r"notes.txt is a file, not a folder"):
         no_work(lambda: build_report(cached, tmp_path / "notes.txt" / "report", progress=False))
     assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--device", "gpu", "Unknown device 'gpu' (--device, device=...): use auto (the GPU when there is one, else "
+                        "the CPU), cpu, cuda or cuda:N"),
+    ("--branch", "foo", "Unknown branch 'foo' (--branch, branch=...): use online, momentum, teacher or student"),
+    ("--batch-size", "0", "batch_size (--batch-size, batch_size=...) must be a whole number of at least 1; got 0."),
+    ("--dataset", "cifar", "Unknown data set 'cifar' (--dataset, dataset=...): use one of cifar10, cifar100, "
+                           "digits, imagefolder"),
+    ("--seeds", "0", "metric_overrides (--seeds, ...): seeds = 0"),
+])
+def test_a_bad_option_is_one_error_before_any_work_not_a_warning_per_epoch(cached, tmp_path, option, value, says):
+    """--device gpu, --branch foo, --batch-size 0 came back as one "skipped" reason per run and
+    epoch (then "No run could be analysed" repeating them all); --seeds 0 only after extraction."""
+    result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "r"), *FAST,
+                                                 option, value]))
+    text = output(result)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert says in text and text.count(says) == 1
+    assert "skipped" not in text and "No run could be analysed" not in text
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gpu_that_is_not_there_is_one_error_before_any_work(cached, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "r"), *FAST,
+                                                 "--device", "cuda"]))
+    text = output(result)
+    assert result.exit_code == 1 and "torch sees no CUDA GPU here" in text and text.count("CUDA GPU") == 1, text
+    assert "skipped" not in text
+
+
+@pytest.mark.parametrize("field, value, error, says", [
+    ("device", "gpu", "DeviceError", "Unknown device 'gpu'"),
+    ("branch", "foo", "CheckpointError", "Unknown branch 'foo'"),
+    ("batch_size", 0, "ReportError", "batch_size (--batch-size, batch_size=...) must be a whole number"),
+    ("batch_size", 2.5, "ReportError", "batch_size (--batch-size, batch_size=...) must be a whole number"),
+    ("umap_max_points", 0, "ReportError", "umap_max_points must be a whole number of at least 10"),
+    ("formats", ("png", "jpgg"), "ReportError", "formats (formats=...) must name figure formats"),
+    ("formats", (), "ReportError", "formats (formats=...) must name figure formats"),
+    ("dataset", "cifar", "DatasetError", "Unknown data set 'cifar'"),
+    ("epochs", (), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
+    ("epochs", (-1,), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
+    ("metric_overrides", {"seedz": 1}, "MetricsError", "metric_overrides (--seeds, ...): Unknown setting(s) seedz"),
+    ("metric_overrides", {"device": "gpu"}, "DeviceError", "Unknown device 'gpu'"),
+    ("umap", "no", "ReportError", "umap must be True or False"),
+])
+def test_report_settings_are_checked_when_built_and_again_by_build_report(cached, tmp_path, field, value, error, says):
+    """Every field that needs no run is checked when ReportSettings is built (a notebook gets the
+    command line's error); one changed afterwards is checked again by build_report, before any work.
+    Before, each surfaced late: per run and epoch (device, branch, batch size, data
+    set, epochs), after all extraction (metric settings, formats, UMAP size)."""
+    import clusterprobe.errors as errors
+    from clusterprobe.report import ReportSettings, build_report
+
+    with pytest.raises(getattr(errors, error)) as caught:
+        ReportSettings(**{field: value})
+    assert says in str(caught.value)
+    settings = ReportSettings()
+    setattr(settings, field, value)
+    with pytest.raises(getattr(errors, error), match=re.escape(says)):
+        no_work(lambda: build_report(cached, tmp_path / "r", settings, progress=False))
+    assert not (tmp_path / "r").exists()

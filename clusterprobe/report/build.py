@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
-from ..checkpoints import LoadedCheckpoint, canonical_branch, load_checkpoint
-from ..data import LabeledImageDataset, load_dataset
+from ..checkpoints import BRANCHES, LoadedCheckpoint, canonical_branch, load_checkpoint
+from ..data import DATASETS, LabeledImageDataset, load_dataset
 from ..bank import FeatureBank
-from ..errors import ClusterprobeError, FeatureBankError, LayerError, OutputPathError, ReportError, UnsafeCheckpointError
+from ..devices import check_device_name, resolve_device
+from ..errors import (CheckpointError, ClusterprobeError, DatasetError, DeviceError, FeatureBankError, LayerError,
+                      MetricsError, OutputPathError, ReportError, UnsafeCheckpointError, closest_name)
 from ..extract import extract_features
 from ..io import atomic_write, exclusive_lock
 from ..progress import format_duration, is_terminal
@@ -66,6 +69,11 @@ class ReportSettings:
     branch are cached apart, in ``<run>/analyses/<data set>-<branch>/``. ``dtype`` ('float32' or
     'float16': half the disk, see :func:`~clusterprobe.extract_features`) is how the banks the
     report extracts are stored; a bank already there is reused in the dtype it has.
+
+    Every field is checked when the settings are built (and again by :func:`build_report`, before
+    any work): an unknown device, branch or data set, a size below its minimum, a figure
+    format matplotlib cannot write or a bad ``metric_overrides`` field raises a
+    :class:`~clusterprobe.errors.ClusterprobeError` that names the option and what it accepts.
     """
 
     layers: tuple[str, ...] = ("H", "P0", "P1", "Z")
@@ -84,6 +92,89 @@ class ReportSettings:
     per_class: bool = True
     pixels: bool = True
     dtype: str = "float32"
+
+    def __post_init__(self):
+        _check_settings(self)
+
+
+#: UMAP fails on a handful of points (its spectral layout needs more points than dimensions).
+MIN_UMAP_POINTS = 10
+
+
+def _check_settings(settings: ReportSettings) -> None:
+    """Validate (and normalise in place) every field of ``settings`` that needs no run or disk:
+    one error naming the option and what it accepts, before any work, rather than the same
+    reason once per run and epoch after loading each checkpoint (or, for the figures' options,
+    after all the extraction). Whether the layers exist and a GPU is present is checked by
+    :func:`build_report`, which has the runs."""
+    from ..metrics.settings import settings_with
+
+    try:
+        settings.device = check_device_name(settings.device)
+    except DeviceError:
+        raise DeviceError(f"Unknown device {settings.device!r} (--device, device=...): use auto (the GPU "
+                          "when there is one, else the CPU), cpu, cuda or cuda:N (N = 0, 1, ...)."
+                          f"{closest_name(str(settings.device), ('auto', 'cpu', 'cuda'))}") from None
+    if settings.branch is not None and settings.branch not in BRANCHES:
+        raise CheckpointError(f"Unknown branch {settings.branch!r} (--branch, branch=...): use "
+                              f"{', '.join(BRANCHES[:-1])} or {BRANCHES[-1]}, or leave it out for each "
+                              f"checkpoint's default branch.{closest_name(str(settings.branch), BRANCHES)}")
+    for name, option, low in (("batch_size", "--batch-size", 1), ("umap_max_points", None, MIN_UMAP_POINTS)):
+        value = getattr(settings, name)
+        if not _is_int(value) or value < low:
+            where = f" ({option}, {name}=...)" if option else ""
+            raise ReportError(f"{name}{where} must be a whole number of at least {low}; got {value!r}.")
+    if settings.dataset is not None and settings.dataset not in DATASETS:
+        raise DatasetError(f"Unknown data set {settings.dataset!r} (--dataset, dataset=...): use one of "
+                           f"{', '.join(DATASETS)}, or leave it out for each run's own data set."
+                           f"{closest_name(str(settings.dataset), DATASETS)}")
+    if settings.epochs is not None:
+        epochs = _names(settings.epochs)
+        if not epochs or not all(_is_int(e) and e >= 0 for e in epochs):
+            raise ReportError(f"epochs (--epochs, epochs=...) must be epoch numbers (whole numbers from 0), "
+                              f"e.g. 0,10,100, or None for every epoch; got {settings.epochs!r}.")
+        settings.epochs = tuple(int(e) for e in epochs)
+    settings.formats = tuple(_names(settings.formats) or ())
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    known_formats = FigureCanvasBase.get_supported_filetypes()
+    bad = [f for f in settings.formats if f not in known_formats]
+    if not settings.formats or bad:
+        raise ReportError(f"formats (formats=...) must name figure formats matplotlib writes, e.g. "
+                          f"('png', 'pdf'): {', '.join(sorted(known_formats))}; got {settings.formats!r}."
+                          + (closest_name(str(bad[0]), known_formats) if bad else ""))
+    for name in ("umap", "same_axes", "per_class", "pixels"):
+        if not isinstance(getattr(settings, name), (bool, np.bool_)):
+            raise ReportError(f"{name} must be True or False; got {getattr(settings, name)!r}.")
+    if not isinstance(settings.metric_overrides, dict):
+        raise ReportError(f"metric_overrides must be a dict of MetricSettings fields, e.g. {{'seeds': 3}}; "
+                          f"got {settings.metric_overrides!r}.")
+    try:
+        metrics = settings_with(None, _metric_overrides(settings))
+    except MetricsError as error:  # an unknown field or value
+        raise MetricsError(f"metric_overrides (--seeds, ...): {error}") from None
+    check_device_name(metrics.device)
+
+
+def _names(value) -> list | None:
+    """A comma-separated string or a sequence as a list (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _metric_overrides(settings: ReportSettings) -> dict:
+    """The :class:`~clusterprobe.metrics.MetricSettings` fields the report's metrics run with."""
+    return {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
 
 
 @dataclass
@@ -265,7 +356,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                             f"{_epoch_list(failed_epochs)} of this run failed, reasons above; it has "
                             f"epochs {_epoch_list(run.epochs)})")
         return None
-    overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
+    overrides = _metric_overrides(settings)
     progress.describe(f"{run.name}: metrics")
     # only the requested layers: a reused bank may hold more
     table = evaluate(layout.path, epochs=done_epochs, splits=None, layers=wanted,
@@ -444,13 +535,19 @@ def build_report(
         ReportError: no run was found, or none could be analysed (the reasons are listed).
         LockedError: another process is writing a report into ``out``.
         OutputPathError: ``out`` is a file, or lies below one.
-        It comes before any work.
+        DeviceError: the settings' device names a GPU this machine does not have.
+        ClusterprobeError: a bad setting (see :class:`ReportSettings`). All of these come before
+        any work.
     """
-    settings = settings or ReportSettings()
+    # checked again (and copied): a field may have been changed since the settings were built
+    settings = dataclasses.replace(settings) if settings is not None else ReportSettings()
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
     _check_report_folder(out)
     runs, warnings = _runs_to_report(runs_dir, out)
+    # before any work: a GPU that is not there failed every epoch of every run, one warning each
+    for device in dict.fromkeys((settings.device, _metric_overrides(settings)["device"])):
+        resolve_device(device)
     # steps: each epoch's banks, each run's metrics, the figures and page (UMAP adds its own)
     total = sum(len(_epochs_to_report(run, settings)) + 1 for run in runs) + 1
     # one report at a time per output folder: two would interleave figures, tables and caches
@@ -505,7 +602,7 @@ def _analyse_runs(runs: Sequence[Run], settings: ReportSettings, out: Path, bar:
     if settings.pixels:
         from .pixels import pixel_reference
 
-        overrides = {"cluster_splits": settings.cluster_splits, "device": settings.device, **settings.metric_overrides}
+        overrides = _metric_overrides(settings)
         sizes = [(name, size) for name, _root, size in data_cache]
         for (name, root, size), data in data_cache.items():
             # one label per reference: the same data set at another image size or from another root
