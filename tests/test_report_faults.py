@@ -239,6 +239,16 @@ def no_work(function):
         extract_module._extract_chunks = original
 
 
+def test_a_dtype_banks_cannot_have_is_refused_even_when_the_banks_are_cached(cached, tmp_path):
+    """`report --dtype float64` ran to the end (exit 0) whenever the banks were already there:
+    the dtype was checked only when a bank was extracted."""
+    result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "r"), *FAST,
+                                                 "--dtype", "float64"]))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Feature banks store float32 or float16, not 'float64'; use --dtype float32" in output(result)
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_out_that_is_a_file_is_refused_before_any_work(cached, tmp_path):
     """`report --out notes.txt` (a file) ended in a NotADirectoryError traceback after the work."""
     from clusterprobe.errors import OutputPathError
@@ -296,6 +306,7 @@ def test_a_gpu_that_is_not_there_is_one_error_before_any_work(cached, tmp_path):
     ("umap_max_points", 0, "ReportError", "umap_max_points must be a whole number of at least 10"),
     ("formats", ("png", "jpgg"), "ReportError", "formats (formats=...) must name figure formats"),
     ("formats", (), "ReportError", "formats (formats=...) must name figure formats"),
+    ("dtype", "float64", "FeatureBankError", "not 'float64'"),
     ("dataset", "cifar", "DatasetError", "Unknown data set 'cifar'"),
     ("epochs", (), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
     ("epochs", (-1,), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
@@ -306,8 +317,8 @@ def test_a_gpu_that_is_not_there_is_one_error_before_any_work(cached, tmp_path):
 def test_report_settings_are_checked_when_built_and_again_by_build_report(cached, tmp_path, field, value, error, says):
     """Every field that needs no run is checked when ReportSettings is built (a notebook gets the
     command line's error); one changed afterwards is checked again by build_report, before any work.
-    Before, each surfaced late: per run and epoch (device, branch, batch size, data
-    set, epochs), after all extraction (metric settings, formats, UMAP size)."""
+    Before, each surfaced late: per run and epoch (device, branch, batch size, dtype, data set,
+    epochs), after all extraction (metric settings, formats, UMAP size)."""
     import clusterprobe.errors as errors
     from clusterprobe.report import ReportSettings, build_report
 

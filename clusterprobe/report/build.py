@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..checkpoints import BRANCHES, LoadedCheckpoint, canonical_branch, load_checkpoint
 from ..data import DATASETS, LabeledImageDataset, load_dataset
-from ..bank import FeatureBank
+from ..bank import FeatureBank, bank_dtype
 from ..devices import check_device_name, resolve_device
 from ..errors import (CheckpointError, ClusterprobeError, DatasetError, DeviceError, FeatureBankError, LayerError,
                       MetricsError, OutputPathError, ReportError, UnsafeCheckpointError, closest_name)
@@ -71,7 +71,7 @@ class ReportSettings:
     report extracts are stored; a bank already there is reused in the dtype it has.
 
     Every field is checked when the settings are built (and again by :func:`build_report`, before
-    any work): an unknown device, branch or data set, a size below its minimum, a figure
+    any work): an unknown device, branch, data set or dtype, a size below its minimum, a figure
     format matplotlib cannot write or a bad ``metric_overrides`` field raises a
     :class:`~clusterprobe.errors.ClusterprobeError` that names the option and what it accepts.
     """
@@ -124,6 +124,7 @@ def _check_settings(settings: ReportSettings) -> None:
         if not _is_int(value) or value < low:
             where = f" ({option}, {name}=...)" if option else ""
             raise ReportError(f"{name}{where} must be a whole number of at least {low}; got {value!r}.")
+    settings.dtype = bank_dtype(settings.dtype).name  # FeatureBankError naming --dtype and the two dtypes
     if settings.dataset is not None and settings.dataset not in DATASETS:
         raise DatasetError(f"Unknown data set {settings.dataset!r} (--dataset, dataset=...): use one of "
                            f"{', '.join(DATASETS)}, or leave it out for each run's own data set."
