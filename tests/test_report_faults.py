@@ -239,6 +239,24 @@ def no_work(function):
         extract_module._extract_chunks = original
 
 
+def test_cluster_splits_the_report_does_not_extract_are_refused(cached, tmp_path):
+    """`report --cluster-splits val` exited 0 with the probes alone: the report extracts train and
+    test banks only, so no clustering metric was computed anywhere."""
+    result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "r"), *FAST,
+                                                 "--cluster-splits", "val"]))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert ("cluster_splits (--cluster-splits) must be train, test or both: the report extracts banks of those "
+            "two splits only, so clustering metrics on 'val' would be missing from the whole report") in output(result)
+    assert not (tmp_path / "r").exists()
+    from clusterprobe.errors import ReportError
+    from clusterprobe.report import ReportSettings
+
+    for splits in (("test", "val"), (), {"metric_overrides": {"cluster_splits": ("valid",)}}):
+        with pytest.raises(ReportError, match="must be train, test or both"):
+            ReportSettings(**splits) if isinstance(splits, dict) else ReportSettings(cluster_splits=splits)
+    assert ReportSettings(cluster_splits="train, test").cluster_splits == ("train", "test")
+
+
 def test_a_dtype_banks_cannot_have_is_refused_even_when_the_banks_are_cached(cached, tmp_path):
     """`report --dtype float64` ran to the end (exit 0) whenever the banks were already there:
     the dtype was checked only when a bank was extracted."""
@@ -310,6 +328,7 @@ def test_a_gpu_that_is_not_there_is_one_error_before_any_work(cached, tmp_path):
     ("dataset", "cifar", "DatasetError", "Unknown data set 'cifar'"),
     ("epochs", (), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
     ("epochs", (-1,), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
+    ("cluster_splits", ("val",), "ReportError", "cluster_splits (--cluster-splits) must be train, test or both"),
     ("metric_overrides", {"seedz": 1}, "MetricsError", "metric_overrides (--seeds, ...): Unknown setting(s) seedz"),
     ("metric_overrides", {"device": "gpu"}, "DeviceError", "Unknown device 'gpu'"),
     ("umap", "no", "ReportError", "umap must be True or False"),
@@ -318,7 +337,7 @@ def test_report_settings_are_checked_when_built_and_again_by_build_report(cached
     """Every field that needs no run is checked when ReportSettings is built (a notebook gets the
     command line's error); one changed afterwards is checked again by build_report, before any work.
     Before, each surfaced late: per run and epoch (device, branch, batch size, dtype, data set,
-    epochs), after all extraction (metric settings, formats, UMAP size)."""
+    epochs), after all extraction (metric settings, formats, UMAP size) or never (cluster splits)."""
     import clusterprobe.errors as errors
     from clusterprobe.report import ReportSettings, build_report
 

@@ -71,9 +71,10 @@ class ReportSettings:
     report extracts are stored; a bank already there is reused in the dtype it has.
 
     Every field is checked when the settings are built (and again by :func:`build_report`, before
-    any work): an unknown device, branch, data set or dtype, a size below its minimum, a figure
-    format matplotlib cannot write or a bad ``metric_overrides`` field raises a
-    :class:`~clusterprobe.errors.ClusterprobeError` that names the option and what it accepts.
+    any work): an unknown device, branch, data set or dtype, a size below its minimum, a split
+    other than train and test in ``cluster_splits``, a figure format matplotlib cannot write or a
+    bad ``metric_overrides`` field raises a :class:`~clusterprobe.errors.ClusterprobeError` that
+    names the option and what it accepts.
     """
 
     layers: tuple[str, ...] = ("H", "P0", "P1", "Z")
@@ -97,6 +98,8 @@ class ReportSettings:
         _check_settings(self)
 
 
+#: The splits the report extracts banks of, hence the only ones clustering metrics can run on.
+REPORT_SPLITS = ("train", "test")
 #: UMAP fails on a handful of points (its spectral layout needs more points than dimensions).
 MIN_UMAP_POINTS = 10
 
@@ -135,6 +138,8 @@ def _check_settings(settings: ReportSettings) -> None:
             raise ReportError(f"epochs (--epochs, epochs=...) must be epoch numbers (whole numbers from 0), "
                               f"e.g. 0,10,100, or None for every epoch; got {settings.epochs!r}.")
         settings.epochs = tuple(int(e) for e in epochs)
+    if settings.cluster_splits is not None:  # None: every split the report extracts
+        settings.cluster_splits = tuple(_names(settings.cluster_splits))
     settings.formats = tuple(_names(settings.formats) or ())
     from matplotlib.backend_bases import FigureCanvasBase
 
@@ -155,6 +160,14 @@ def _check_settings(settings: ReportSettings) -> None:
     except MetricsError as error:  # an unknown field or value
         raise MetricsError(f"metric_overrides (--seeds, ...): {error}") from None
     check_device_name(metrics.device)
+    splits = REPORT_SPLITS if metrics.cluster_splits is None else metrics.cluster_splits
+    outside = [split for split in splits if split not in REPORT_SPLITS]
+    if not splits or outside:
+        raise ReportError(
+            f"cluster_splits (--cluster-splits) must be train, test or both: the report extracts banks of "
+            f"those two splits only, so clustering metrics on {', '.join(map(repr, outside)) or 'no split'} "
+            f"would be missing from the whole report; got {splits!r}."
+            + (closest_name(str(outside[0]), REPORT_SPLITS) if outside else ""))
 
 
 def _names(value) -> list | None:
