@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .bank import FeatureBank, BankWriter, bank_dtype, float16_overflow, float16_refusal, lock_bank
 from .checkpoints import LoadedCheckpoint, canonical_branch, load_checkpoint
-from .data import DATASETS, LabeledImageDataset, describe_transform, load_dataset, loader_batches
+from .data import (DATASETS, LabeledImageDataset, describe_signature_change, describe_transform, load_dataset,
+                   loader_batches)
 from . import distributed
 from .errors import ClusterprobeError, FeatureBankError, LayerError, NonFiniteFeaturesError
 from .io import fingerprint
@@ -117,10 +119,16 @@ def state_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+#: The key of a data set description that holds the signature of its files
+#: (:meth:`~clusterprobe.data.LabeledImageDataset.files_signature`).
+SIGNATURE_KEY = "files_signature"
+
+
 def _dataset_description(dataset: Dataset) -> dict[str, Any]:
     """What identifies the rows of ``dataset`` (part of a bank's fingerprint): its recorded
     description, with the size and transform it has now (``with_transform`` or a replaced
-    ``transform`` keeps the description it was loaded with); a ``Subset`` names its indices."""
+    ``transform`` keeps the description it was loaded with) and the signature of the files it
+    reads (``files_signature``, where it reads files); a ``Subset`` names its indices."""
     if isinstance(dataset, Subset):
         indices = np.asarray(dataset.indices, dtype=np.int64)
         return {"name": "Subset", "n": len(dataset), "of": _dataset_description(dataset.dataset),
@@ -130,7 +138,37 @@ def _dataset_description(dataset: Dataset) -> dict[str, Any]:
     description["n"] = len(dataset)
     if "transform" in description and hasattr(dataset, "transform"):
         description["transform"] = describe_transform(dataset.transform)
+    description.pop(SIGNATURE_KEY, None)  # only ever the one computed now
+    signature = dataset.files_signature() if callable(getattr(dataset, "files_signature", None)) else None
+    if signature is not None:
+        description[SIGNATURE_KEY] = signature
     return description
+
+
+def _without_signature(description: Mapping[str, Any]) -> dict[str, Any]:
+    """``description`` as it was before data sets had file signatures (a Subset's base too)."""
+    plain = {key: value for key, value in description.items() if key != SIGNATURE_KEY}
+    if isinstance(plain.get("of"), Mapping) and plain.get("name") == "Subset":
+        plain["of"] = _without_signature(plain["of"])
+    return plain
+
+
+def _signature_of(description: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, Mapping[str, Any]]:
+    """The file signature of a description (or of a Subset's base) and the description holding it."""
+    if description.get("name") == "Subset" and isinstance(description.get("of"), Mapping):
+        return _signature_of(description["of"])
+    signature = description.get(SIGNATURE_KEY)
+    return (signature if isinstance(signature, Mapping) else None), description
+
+
+def _with_signature(description: Mapping[str, Any], signature: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``description`` with ``signature`` in place of its own (a Subset's base's)."""
+    if description.get("name") == "Subset" and isinstance(description.get("of"), Mapping):
+        return {**description, "of": _with_signature(description["of"], signature)}
+    result = _without_signature(description)
+    if signature is not None:
+        result[SIGNATURE_KEY] = dict(signature)
+    return result
 
 
 #: Where CIFAR's files are looked for when no root is given (the project's ``data/`` folder).
@@ -216,9 +254,13 @@ def extract_features(
         dataset: yields ``(image tensor, label)``; ``LabeledImageDataset`` also supplies coarse
             labels, class names and provenance. Default: the test split of the data set the
             checkpoint names (:func:`checkpoint_dataset`).
-        out: bank directory. If it already holds the same bank (same checkpoint, layers, data
-            and transform), it is returned without recomputation; a different bank is refused
-            unless ``overwrite``. Default (for a checkpoint file): :func:`default_bank_path`,
+        out: bank directory. If it already holds the same bank (same checkpoint, layers, data,
+            transform and data set files), it is returned without recomputation; a different bank
+            is refused unless ``overwrite`` (one made before the data set's files changed says
+            what changed: files regenerated, added or removed, per class). A bank made before
+            clusterprobe signed data set files is reused as before, with an
+            :class:`UncheckedDataWarning` (once per bank and process) that its files could not
+            be checked. Default (for a checkpoint file): :func:`default_bank_path`,
             e.g. ``<run>/features/test/epoch_0010``.
         layers: names such as ``H``, ``P0``, ``P1``, ``Z`` or module paths (``backbone.layer3``).
         pre_activation: tap P_i before the activation instead of after it.
@@ -261,9 +303,11 @@ def extract_features(
     job = _Extraction(model.to(env.device).eval(), specs, dataset, env.device, env.rank, env.world_size,
                       batch_size, num_workers, progress and env.is_main, dtype)
     description = _dataset_description(dataset)
-    key = _bank_fingerprint(checkpoint_info, specs, description, dtype)
+    request = _Request(checkpoint_info, specs, description, dtype)
+    key = request.key
     try:
-        existing = _reusable_bank(out, key, overwrite)  # a finished bank needs no lock (nor write access)
+        # a finished bank needs no lock (nor write access)
+        existing = _reusable_bank(out, request, overwrite, say=env.is_main)
         if existing is not None:
             return _mark_reused(existing, True)
         with _lock_on_rank0(job, out, key) as waited:
@@ -271,7 +315,7 @@ def extract_features(
             existing, failure = None, None
             if env.is_main:
                 try:
-                    existing = _reusable_bank(out, key, overwrite and not waited)
+                    existing = _reusable_bank(out, request, overwrite and not waited)
                 except Exception as error:  # noqa: BLE001 - e.g. a damaged bank: told to the other ranks
                     failure = error
             _stop_with_rank0(job, failure, f"check the feature bank at {out}")
@@ -375,22 +419,115 @@ def _bank_fingerprint(checkpoint_info: Mapping[str, Any], specs: Sequence[LayerS
     return fingerprint(what)
 
 
-def _reusable_bank(out: Path, key: str, overwrite: bool) -> FeatureBank | None:
+class UncheckedDataWarning(UserWarning):
+    """A reused feature bank whose data set files could not be checked against the data set's
+    files now (a bank made before file signatures, or a data set object that gives none)."""
+
+
+#: Banks already said to be unchecked in this process (said once each).
+_UNCHECKED_SAID: set[str] = set()
+
+
+@dataclass
+class _Request:
+    """What is asked for: the parts of a bank's fingerprint (:func:`_bank_fingerprint`)."""
+
+    checkpoint_info: Mapping[str, Any]
+    specs: Sequence[LayerSpec]
+    description: Mapping[str, Any]
+    dtype: np.dtype
+
+    @property
+    def key(self) -> str:
+        return _bank_fingerprint(self.checkpoint_info, self.specs, self.description, self.dtype)
+
+    def key_with(self, signature: Mapping[str, Any] | None) -> str:
+        """The key of this request were the data set's files those of ``signature`` (None: the
+        key of banks made before file signatures)."""
+        return self.key_with_dataset(_with_signature(self.description, signature))
+
+    def key_with_dataset(self, description: Mapping[str, Any]) -> str:
+        """The key of this request on the data set ``description`` (the same checkpoint, layers
+        and dtype)."""
+        return _bank_fingerprint(self.checkpoint_info, self.specs, description, self.dtype)
+
+
+def _reusable_bank(out: Path, request: _Request, overwrite: bool, say: bool = True) -> FeatureBank | None:
     """The finished bank at ``out`` when it is the one asked for and intact; refuse a different
-    or damaged one (overwrite=True replaces either)."""
+    or damaged one (overwrite=True replaces either).
+
+    A bank made before data sets had file signatures (its fingerprint is the request's without
+    one) is reused as before, with an :class:`UncheckedDataWarning` (``say``: once per bank and
+    process) that its files could not be checked. A bank whose only difference is the signature
+    of the data set's files is refused with a message saying what changed."""
     if overwrite or not (out / "meta.json").exists():
         return None
     bank = FeatureBank.open(out)  # refuses a damaged bank (truncated files, bad meta.json)
     existing = bank.meta
-    if existing.get("fingerprint") == key:
+    found = existing.get("fingerprint")
+    if found == request.key:
         return bank
+    now, holder = _signature_of(request.description)
+    then, _ = _signature_of(existing.get("dataset") or {})
+    root = holder.get("root") or holder.get("name")
+    if found == request.key_with(None):  # made before file signatures: it cannot be checked
+        if say and now is not None:
+            _say_unchecked(out, f"The feature bank {out} was made before clusterprobe recorded a signature of "
+                                f"the data set's files, so whether the files of {root} changed since it was made "
+                                "cannot be checked; it is reused as before. Extract it again (--overwrite, "
+                                "overwrite=True) for a bank whose files are checked from then on.")
+        return bank
+    recorded = existing.get("dataset")
+    if (then is not None and now is not None and then.get("sha256") != now.get("sha256")
+            and found == request.key_with_dataset(recorded)  # the same checkpoint, layers and dtype
+            and all(_signature_of(recorded)[1].get(k) == holder.get(k) for k in ("name", "root", "split", "layout"))):
+        # the same data set, whose files changed (and with them what follows from them: the
+        # number of images, measured statistics)
+        raise FeatureBankError(_files_changed(out, existing, then, now, root))
+    if then is not None and found == request.key_with(then):
+        if now is None:  # e.g. a wrapper that copies the description: the files cannot be signed
+            if say:
+                _say_unchecked(out, f"The feature bank {out} records a signature of the files of {root}, but the "
+                                    "data set given does not say which files it reads (no files_signature()), "
+                                    "so whether they changed since the bank was made is not checked; it is "
+                                    "reused.")
+            return bank
+        raise FeatureBankError(_files_changed(out, existing, then, now, root))
+    changed = ""
+    if then is not None and now is not None and then.get("sha256") != now.get("sha256"):
+        changed = f" The files of {root} also changed since it was made ({describe_signature_change(then, now)})."
     raise FeatureBankError(
         f"{out} already holds a different feature bank (made from "
         f"{existing.get('checkpoint', {}).get('path')}, layers "
         f"{existing.get('layer_order')}, {existing.get('dataset', {}).get('name')}/"
-        f"{existing.get('dataset', {}).get('split')}). Choose another --out, or pass "
+        f"{existing.get('dataset', {}).get('split')}).{changed} Choose another --out, or pass "
         "--overwrite (overwrite=True) to replace it."
     )
+
+
+def _files_changed(out: Path, existing: Mapping[str, Any], then: Mapping[str, Any], now: Mapping[str, Any],
+                   root: str) -> str:
+    """The refusal of a bank of the same request made from other files of its data set."""
+    created = existing.get("created")
+    copied = ""
+    if then.get("count") == now.get("count") and then.get("bytes") == now.get("bytes"):
+        copied = (" (Files copied without their modification times, e.g. by cp without -p or rsync without "
+                  "-t, look changed too: the features would then be the same, but the bank cannot tell, so "
+                  "extracting again is the safe answer.)")
+    return (f"{out} holds this checkpoint's features of these layers, but the files of {root} changed since "
+            f"the bank was made{f' ({created})' if created else ''}: {describe_signature_change(then, now)}. "
+            f"Its features are those of the files as they were then, so it is not reused.{copied} Choose "
+            "another --out, or pass --overwrite (overwrite=True) to extract it again from the files as they "
+            "are now.")
+
+
+def _say_unchecked(out: Path, message: str) -> None:
+    """Warn (:class:`UncheckedDataWarning`) once per bank and process."""
+    where = str(Path(out).resolve())
+    if where in _UNCHECKED_SAID:
+        return
+    _UNCHECKED_SAID.add(where)
+    warnings.warn(message, UncheckedDataWarning, stacklevel=4)
 
 
 def _layer_dims(job: _Extraction, description: Mapping[str, Any]) -> dict[str, int]:
