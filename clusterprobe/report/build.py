@@ -557,8 +557,8 @@ def build_report(
     settings = dataclasses.replace(settings) if settings is not None else ReportSettings()
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir / "report"
+    runs, warnings = _runs_to_report(runs_dir, out)  # first: RUNS_DIR a file is the mistake to name
     _check_report_folder(out)
-    runs, warnings = _runs_to_report(runs_dir, out)
     # before any work: a GPU that is not there failed every epoch of every run, one warning each
     for device in dict.fromkeys((settings.device, _metric_overrides(settings)["device"])):
         resolve_device(device)
