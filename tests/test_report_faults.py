@@ -239,6 +239,44 @@ def no_work(function):
         extract_module._extract_chunks = original
 
 
+def test_unknown_layers_are_refused_up_front_naming_the_layers_that_exist(cached, tmp_path):
+    """`report --layers Q,H` reported H alone and `--layers Q` every cached layer, without a word."""
+    for layers, unknown in (("Q,H", "'Q'"), ("Q", "'Q'"), ("H,P5", "'P5'"), ("backbone.layer9", "'backbone.layer9'")):
+        result = no_work(lambda: runner.invoke(app, ["report", str(cached), "--out", str(tmp_path / "r"),
+                                                     "--no-umap", "--layers", layers]))
+        text = output(result)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert f"Unknown layer {unknown} (--layers, layers=...): no run has it. The runs offer H, P0, P1, Z " \
+               "(run one), or module paths such as backbone.layer4" in text, text
+    assert "Did you mean 'backbone.layer4'?" in text
+    assert not (tmp_path / "r").exists()
+    from clusterprobe.errors import LayerError
+    from clusterprobe.report import ReportSettings, build_report
+
+    with pytest.raises(LayerError, match=r"Unknown layers 'Q', 'P0x' .*them\..* Did you mean 'P0' \(for 'P0x'\)\?$"):
+        build_report(cached, tmp_path / "r", ReportSettings(layers=("H", "Q", "P0x")), progress=False)
+
+
+def test_a_layer_some_runs_lack_is_left_out_of_those_with_a_warning(tmp_path):
+    """An encoder-only run (no projector) beside a full one: --layers H,Z reports the encoder's H
+    and says that it has no Z (the Z request was dropped for it silently)."""
+    runs = tmp_path / "runs"
+    make_run(runs / "full", [1])
+    save_checkpoint(runs / "encoder" / "checkpoints" / "epoch_0001.pt", tiny_model(projector=None), epoch=1,
+                    method="resa", dataset="digits", run="encoder")
+    (runs / "encoder" / "config.yaml").write_text("method: resa\ndataset: digits\n")
+    result = runner.invoke(app, ["report", str(runs), "--layers", "H,Z", "--no-umap", "--no-pixels",
+                                 "--no-per-class", "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    assert "run encoder has no layer Z (its model offers H): reported without it" in text
+    table = pd.read_csv(runs / "report" / "metrics.csv")
+    assert set(table[table.run == "encoder"].layer) == {"H"} and set(table[table.run == "full"].layer) == {"H", "Z"}
+    result = runner.invoke(app, ["report", str(runs / "encoder"), "--layers", "Z", "--no-umap"])
+    assert result.exit_code == 1 and "Unknown layer 'Z' (--layers, layers=...): no run has it. The runs offer " \
+                                     "H (run encoder)" in output(result), result.output
+
+
 def test_cluster_splits_the_report_does_not_extract_are_refused(cached, tmp_path):
     """`report --cluster-splits val` exited 0 with the probes alone: the report extracts train and
     test banks only, so no clustering metric was computed anywhere."""
@@ -328,6 +366,7 @@ def test_a_gpu_that_is_not_there_is_one_error_before_any_work(cached, tmp_path):
     ("dataset", "cifar", "DatasetError", "Unknown data set 'cifar'"),
     ("epochs", (), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
     ("epochs", (-1,), "ReportError", "epochs (--epochs, epochs=...) must be epoch numbers"),
+    ("layers", (), "LayerError", "layers (--layers) must name at least one layer"),
     ("cluster_splits", ("val",), "ReportError", "cluster_splits (--cluster-splits) must be train, test or both"),
     ("metric_overrides", {"seedz": 1}, "MetricsError", "metric_overrides (--seeds, ...): Unknown setting(s) seedz"),
     ("metric_overrides", {"device": "gpu"}, "DeviceError", "Unknown device 'gpu'"),

@@ -20,6 +20,7 @@ import json
 import re
 import sys
 import time
+import warnings as _warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -98,6 +99,8 @@ class ReportSettings:
         _check_settings(self)
 
 
+#: The report's default layers: whichever of them each model has (an encoder alone has only H).
+DEFAULT_LAYERS = ReportSettings.__dataclass_fields__["layers"].default
 #: The splits the report extracts banks of, hence the only ones clustering metrics can run on.
 REPORT_SPLITS = ("train", "test")
 #: UMAP fails on a handful of points (its spectral layout needs more points than dimensions).
@@ -112,6 +115,13 @@ def _check_settings(settings: ReportSettings) -> None:
     :func:`build_report`, which has the runs."""
     from ..metrics.settings import settings_with
 
+    layers = _names(settings.layers)
+    if not layers or not all(isinstance(layer, str) for layer in layers):
+        raise LayerError(f"layers (--layers) must name at least one layer, e.g. H,P0,P1,Z or H,Z; got "
+                         f"{settings.layers!r}.")
+    settings.layers = tuple(dict.fromkeys(layer.strip() for layer in layers if layer.strip()))
+    if not settings.layers:
+        raise LayerError(f"layers (--layers) must name at least one layer, e.g. H,P0,P1,Z; got {layers!r}.")
     try:
         settings.device = check_device_name(settings.device)
     except DeviceError:
@@ -346,7 +356,18 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 )
                 progress.advance(len(epochs) - position, done=f"{run.name}: skipped (see the warnings)")
                 return None
-            wanted = _layers_of(loaded, settings)
+            if reference[0] == epoch:  # the run's first readable checkpoint: its layers, said once
+                wanted = _layers_of(loaded.model, settings.layers)
+                lacking = [layer for layer in settings.layers if layer not in wanted]
+                offers = ", ".join(loaded.model.layer_names())
+                if not wanted:  # (never H: only a choice some other run has, see _check_layers_exist)
+                    warnings.append(f"run {run.name} skipped: it has none of the requested layers "
+                                    f"({', '.join(settings.layers)}); its model offers {offers}")
+                    progress.advance(len(epochs) - position, done=f"{run.name}: skipped (see the warnings)")
+                    return None
+                if lacking and settings.layers != DEFAULT_LAYERS:
+                    warnings.append(f"run {run.name} has no layer {', '.join(lacking)} (its model offers "
+                                    f"{offers}): reported without {'it' if len(lacking) == 1 else 'them'}")
             banks = {split: _report_bank(
                 loaded, dataset, layout.bank_path(split, epoch), wanted,
                 batch_size=settings.batch_size, device=settings.device, progress=False, dtype=settings.dtype,
@@ -439,9 +460,76 @@ def _report_bank(loaded: LoadedCheckpoint, dataset, path: Path, layers: list[str
     return extract_features(loaded, dataset, path, layers=existing + missing, overwrite=True, **options)
 
 
-def _layers_of(loaded: LoadedCheckpoint, settings: ReportSettings) -> list[str]:
-    """The requested layers this model has (module paths are always kept)."""
-    return [layer for layer in settings.layers if layer in loaded.model.layer_names() or "." in layer]
+def _layers_of(model, layers: Sequence[str]) -> list[str]:
+    """Those of ``layers`` that ``model`` has (names such as H, P0, Z, or module paths), as
+    extraction resolves them."""
+    return [layer for layer in layers if _has_layer(model, layer)]
+
+
+def _has_layer(model, layer: str) -> bool:
+    try:
+        model.resolve_layer(layer)
+    except LayerError:
+        return False
+    return True
+
+
+def _first_model(run: Run, settings: ReportSettings):
+    """The model of the run's first readable checkpoint among the requested epochs (the one
+    :func:`_analyse_run` takes as the run's architecture), or None when none can be read (the
+    analysis says why)."""
+    for epoch in _epochs_to_report(run, settings):
+        try:
+            with _warnings.catch_warnings():  # said when the run is analysed, not twice
+                _warnings.simplefilter("ignore")
+                return load_checkpoint(run.checkpoints[epoch], branch=settings.branch).model
+        except ClusterprobeError:
+            continue
+    return None
+
+
+def _check_layers_exist(runs: Sequence[Run], settings: ReportSettings) -> None:
+    """Refuse, before any work, a requested layer that none of the runs has (a misspelt name was
+    dropped silently: ``--layers Q,H`` reported H alone, ``--layers Q`` every cached layer).
+
+    A layer that some runs lack is left out of those runs with a warning (:func:`_analyse_run`);
+    the default layers are whichever of H, P0, P1, Z each model has. Reads the first checkpoint of
+    each run until every requested layer is found.
+    """
+    if settings.layers == DEFAULT_LAYERS:
+        return
+    missing, offered, example = list(settings.layers), {}, None
+    for run in runs:
+        model = _first_model(run, settings)
+        if model is None:
+            continue
+        offered.setdefault(", ".join(model.layer_names()), []).append(run.name)
+        example = example or model
+        missing = [layer for layer in missing if not _has_layer(model, layer)]
+        if not missing:
+            return
+    if example is None:  # no run's checkpoint could be read: the analysis says why, run by run
+        return
+    names = {name for listed in offered for name in listed.split(", ")}
+    modules = [name for name, _ in example.named_modules() if name and name.count(".") <= 2]
+    which = ", ".join(repr(layer) for layer in missing)
+    where = "; ".join(f"{listed} ({'run' if len(runs_) == 1 else 'runs'} {', '.join(runs_)})"
+                      for listed, runs_ in offered.items())
+    stages = example.stage_paths()
+    raise LayerError(
+        f"Unknown layer{'s' if len(missing) > 1 else ''} {which} (--layers, layers=...): no run has "
+        f"{'it' if len(missing) == 1 else 'them'}. The runs offer {where}, or module paths such as "
+        f"{stages[-1] if stages else 'backbone'} (`clusterprobe layers CKPT` lists a checkpoint's)."
+        f"{_suggestions(missing, sorted(names) + modules)}"
+    )
+
+
+def _suggestions(names: Sequence[str], candidates: Sequence[str]) -> str:
+    """" Did you mean 'x'?" for one name, " Did you mean 'x' (for 'y')?" for each of several."""
+    hints = [closest_name(name, candidates) for name in names]
+    if len(names) == 1:
+        return hints[0]
+    return "".join(f"{hint[:-1]} (for {name!r})?" for name, hint in zip(names, hints) if hint)
 
 
 def _check_report_folder(out: Path) -> None:
@@ -550,6 +638,7 @@ def build_report(
         LockedError: another process is writing a report into ``out``.
         OutputPathError: ``out`` is a file, or lies below one.
         DeviceError: the settings' device names a GPU this machine does not have.
+        LayerError: a requested layer that no run has (the error lists the runs' layers).
         ClusterprobeError: a bad setting (see :class:`ReportSettings`). All of these come before
         any work.
     """
@@ -562,6 +651,7 @@ def build_report(
     # before any work: a GPU that is not there failed every epoch of every run, one warning each
     for device in dict.fromkeys((settings.device, _metric_overrides(settings)["device"])):
         resolve_device(device)
+    _check_layers_exist(runs, settings)
     # steps: each epoch's banks, each run's metrics, the figures and page (UMAP adds its own)
     total = sum(len(_epochs_to_report(run, settings)) + 1 for run in runs) + 1
     # one report at a time per output folder: two would interleave figures, tables and caches
