@@ -55,6 +55,7 @@ class LayerCapture:
         self.model = model
         self.specs = list(specs)
         self.outputs: dict[str, torch.Tensor] = {}
+        self._calls: dict[str, int] = {}
         self._handles: list = []
 
     def _hook(self, spec: LayerSpec):
@@ -65,10 +66,12 @@ class LayerCapture:
             if value.ndim == 4 and spec.pool:
                 value = value.float().mean(dim=(2, 3))  # a new tensor: safe from in-place ops
             elif value.ndim == 3 and spec.tokens is not None:  # transformer tokens (B, N, D)
-                value = value[:, 0].float().clone() if spec.tokens == "cls" else value.float().mean(dim=1)
+                value = (value[:, 0].float().clone() if spec.tokens == "cls"
+                         else value[:, spec.skip_tokens:].float().mean(dim=1))
             else:
                 value = value.flatten(1).float().clone()
             self.outputs[spec.name] = value
+            self._calls[spec.name] = self._calls.get(spec.name, 0) + 1
 
         return hook
 
@@ -85,11 +88,18 @@ class LayerCapture:
 
     def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Forward ``images`` and return {layer name: (batch, dim) tensor} for every spec."""
-        self.outputs = {}
+        self.outputs, self._calls = {}, {}
         self.model(images)
         missing = [s.name for s in self.specs if s.name not in self.outputs]
         if missing:
             raise LayerError(f"Layers {missing} were not reached by the model's forward pass.")
+        repeated = {s.module: self._calls[s.name] for s in self.specs if self._calls[s.name] > 1}
+        if repeated:  # only the last call would be kept: an output nobody asked for, mislabelled
+            raise LayerError(
+                "These modules run more than once per forward pass, so their output is not one layer: "
+                + ", ".join(f"{module} ({calls} times)" for module, calls in repeated.items())
+                + ". Tap the module that contains them (e.g. the whole block) or one that runs once."
+            )
         return {s.name: self.outputs[s.name] for s in self.specs}
 
 

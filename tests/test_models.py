@@ -230,3 +230,15 @@ def test_cifar_stem_equals_torchvision_with_solo_learns_stem(name, in_channels):
         torch.testing.assert_close(backbone.eval()(x), reference.eval()(x), rtol=0, atol=0)
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1))  # the ReSA code's ConstantPad2d(1)
         torch.testing.assert_close(backbone.conv1(x), torch.nn.functional.conv2d(padded, backbone.conv1.weight, padding=1))
+
+
+def test_a_module_that_runs_twice_per_forward_is_refused_at_capture():
+    """Whatever path resolve_layer lets through: a hook that fires twice keeps only the last
+    output (torchvision's block relu: the block's output), so the capture refuses it."""
+    from clusterprobe.models.model import LayerSpec
+
+    model = build_model("resnet18", width=4, in_channels=1, projector_dims=(16, 16, 8)).eval()
+    spec = LayerSpec("relu", "backbone.layer1.0.relu")  # bypasses resolve_layer's own refusal
+    with torch.no_grad(), LayerCapture(model, [spec, model.resolve_layer("H")]) as capture:
+        with pytest.raises(LayerError, match=r"backbone.layer1.0.relu \(2 times\)"):
+            capture.run(torch.randn(2, 1, 8, 8))

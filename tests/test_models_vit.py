@@ -370,7 +370,6 @@ def test_defaults_cover_every_option_and_importing_clusterprobe_does_not_import_
 
 
 def test_block_taps_reduce_the_tokens_that_h_is_made_of():
-    from clusterprobe.errors import LayerError
     from clusterprobe.extract import LayerCapture
     from clusterprobe.models import ModelConfig, SSLModel
 
@@ -383,18 +382,35 @@ def test_block_taps_reduce_the_tokens_that_h_is_made_of():
         tapped = capture.run(x)[spec.name]
         tokens = model.backbone.blocks(model.backbone._pos_embed(model.backbone.patch_embed(x)))
     torch.testing.assert_close(tapped, tokens[:, 0])
-    # no class token but register tokens: the capture's token mean would have averaged the two
-    # register tokens with the patch tokens (not what H, the patch-token mean, is made of)
+    # no class token but register tokens: a block is reduced as H is, to the mean of its patch
+    # tokens (past the two register tokens), not the mean of every token
     options = {**SMALL, "class_token": False, "reg_tokens": 2, "no_embed_class": True, "pool": "avg"}
     model = SSLModel(ModelConfig(backbone="vit", vit=options)).eval()
     randomize(model.backbone)
+    last = f"backbone.blocks.{len(model.backbone.blocks) - 1}"
     with torch.no_grad():
-        tokens = model.backbone.norm(model.backbone.blocks(model.backbone._pos_embed(model.backbone.patch_embed(x))))
-        torch.testing.assert_close(model.encode(x), tokens[:, 2:].mean(dim=1))
-    assert not torch.allclose(tokens.mean(dim=1), tokens[:, 2:].mean(dim=1), atol=1e-3)
-    with pytest.raises(LayerError, match="register token"):
-        model.resolve_layer("backbone.blocks.1")
-    assert model.resolve_layer("H").module == "backbone"
+        tokens = model.backbone.blocks(model.backbone._pos_embed(model.backbone.patch_embed(x)))
+        torch.testing.assert_close(model.encode(x), model.backbone.norm(tokens)[:, 2:].mean(dim=1))
+        spec = model.resolve_layer(last)
+        with LayerCapture(model, [spec]) as capture:
+            tapped = capture.run(x)[spec.name]
+    torch.testing.assert_close(tapped, tokens[:, 2:].mean(dim=1))
+    assert not torch.allclose(tapped, tokens.mean(dim=1), atol=1e-3)
+    assert spec.to_dict()["skip_tokens"] == 2
+    # a class token and pool "avg" (H = patch-token mean, e.g. MAE fine-tuned): blocks follow H's
+    # pooling, past the class token, not the class token H never reads
+    options = {**SMALL, "pool": "avg"}
+    model = SSLModel(ModelConfig(backbone="vit", vit=options)).eval()
+    randomize(model.backbone)
+    spec = model.resolve_layer("backbone.blocks.1")
+    with torch.no_grad(), LayerCapture(model, [spec]) as capture:
+        tapped = capture.run(x)[spec.name]
+        tokens = model.backbone.blocks[:2](model.backbone._pos_embed(model.backbone.patch_embed(x)))
+    torch.testing.assert_close(tapped, tokens[:, 1:].mean(dim=1))
+    # the class-token layout keeps the spec (and the bank fingerprints) it had
+    cls_spec = SSLModel(ModelConfig(backbone="vit", vit={**SMALL})).resolve_layer("backbone.blocks.1")
+    assert cls_spec.to_dict() == {"name": "backbone.blocks.1", "module": "backbone.blocks.1", "pool": True,
+                                  "pre_activation": False, "tokens": "cls"}
 
 
 def test_an_unknown_layer_of_a_one_block_vit_is_a_layer_error():

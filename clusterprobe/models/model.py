@@ -68,8 +68,10 @@ class LayerSpec:
     """Where a named layer is tapped: the output of ``module`` (a path inside :class:`SSLModel`).
 
     ``pool`` average-pools 4-D (B, C, H, W) outputs over space; ``tokens`` reduces 3-D
-    (B, tokens, D) transformer outputs to the class token (``cls``) or the token mean (``mean``);
-    ``pre_activation`` records that a hidden projector layer was tapped before its activation.
+    (B, tokens, D) transformer outputs to the class token (``cls``) or the mean of the tokens
+    after the first ``skip_tokens`` (``mean``: the patch tokens, past the class and register
+    tokens); ``pre_activation`` records that a hidden projector layer was tapped before its
+    activation.
     """
 
     name: str
@@ -77,11 +79,14 @@ class LayerSpec:
     pool: bool = True
     pre_activation: bool = False
     tokens: str | None = None
+    skip_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         if data["tokens"] is None:  # banks written before ViT support record no such field
             del data["tokens"]
+        if not data["skip_tokens"]:  # nor banks written before register tokens were skipped
+            del data["skip_tokens"]
         return data
 
 
@@ -183,19 +188,18 @@ class SSLModel(nn.Module):
         modules = dict(self.named_modules())
         if name in modules and name:
             _refuse_reused_module(name, modules)
-            tokens = None
+            tokens, skip = None, 0
             if self.config.backbone == "vit" and name.startswith("backbone."):
-                tokens = "cls" if self.config.vit.get("class_token", True) else "mean"
-                if tokens == "mean" and self.config.vit.get("reg_tokens", 0):
-                    # The capture's token mean runs over every token, the register tokens too,
-                    # which is not the patch-token mean H is pooled from: refuse, never mislabel.
-                    raise LayerError(
-                        f"Layer {name!r} cannot be reduced to one vector: this ViT has no class "
-                        f"token and {self.config.vit['reg_tokens']} register token(s), and the "
-                        "token mean would average the register tokens with the patch tokens. "
-                        "Extract H (the mean of the patch tokens) instead."
-                    )
-            return LayerSpec(name, name, tokens=tokens)
+                # a block's tokens are reduced as H is pooled: the class token (pool "token"), or
+                # the mean of the patch tokens, past the class and register tokens (pool "avg",
+                # or no class token), so a depth curve of blocks ends at what H measures
+                vit = self.config.vit
+                class_token = bool(vit.get("class_token", True))
+                if class_token and vit.get("pool", "token") == "token":
+                    tokens = "cls"
+                else:
+                    tokens, skip = "mean", int(class_token) + int(vit.get("reg_tokens", 0) or 0)
+            return LayerSpec(name, name, tokens=tokens, skip_tokens=skip)
         suggestions = self.layer_names() + [m for m in modules if m and m.count(".") <= 2]
         raise LayerError(
             f"Unknown layer {name!r}. This model offers {', '.join(self.layer_names())}, or any "
