@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -57,17 +58,18 @@ def extract(
     from clusterprobe.devices import limit_threads
 
     limit_threads(threads)
-    from clusterprobe.extract import checkpoint_dataset, extract_features
+    from clusterprobe.extract import UncheckedDataWarning, checkpoint_dataset, extract_features
 
     loaded = _load(checkpoint, branch=branch, trust=trust, args_json=args_json, stem_padding=stem_padding,
                    head_activation=head_activation, vit_heads=vit_heads)
     data = checkpoint_dataset(loaded, dataset, split=split, root=data_root, download=download,
                               image_size=image_size, skip_unreadable=skip_unreadable,
                               mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
-    bank = extract_features(
-        loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
-        num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation, dtype=dtype,
-    )
+    with _warnings_as_lines(UncheckedDataWarning):
+        bank = extract_features(
+            loaded, data, out, layers=split_list(layers) or [], batch_size=batch_size, device=device,
+            num_workers=num_workers, overwrite=overwrite, pre_activation=pre_activation, dtype=dtype,
+        )
     if int(os.environ.get("RANK", "0")) == 0:
         dims = ", ".join(f"{name} {dim}-d" for name, dim in bank.dims.items()) + f", {bank.dtype.name}"
         if bank.reused:
@@ -145,18 +147,27 @@ def _floats(text: str | None, flag: str):
         raise typer.BadParameter(f"{flag} takes numbers separated by commas, e.g. 0.5,0.5,0.5; got {text!r}.")
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(*categories, show: bool = True):
+    """Warnings of ``categories`` raised inside the block, printed as one ``warning: ...`` line
+    each (instead of Python's ``file:line: Category:`` format); others pass through as they are."""
+    with warnings.catch_warnings(record=True) as caught:
+        for category in categories:
+            warnings.simplefilter("always", category)
+        yield
+    for warning in caught:
+        if issubclass(warning.category, categories):
+            if show:
+                console.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
 def _load(checkpoint: Path, *, warn: bool = True, **options):
     """load_checkpoint, printing its assumptions as one-line warnings instead of Python's format."""
     from clusterprobe.checkpoints import load_checkpoint
     from clusterprobe.errors import AssumptionWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", AssumptionWarning)
+    with _warnings_as_lines(AssumptionWarning, show=warn):
         loaded = load_checkpoint(checkpoint, **options)
-    for warning in caught:
-        if issubclass(warning.category, AssumptionWarning):
-            if warn:
-                console.print(f"[yellow]warning:[/] {escape(str(warning.message))}", highlight=False, soft_wrap=True)
-        else:
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loaded

@@ -272,3 +272,17 @@ def test_the_report_refuses_a_bank_of_regenerated_images_and_says_so(tmp_path):
     rebuilt = FeatureBank.open(bank).meta["dataset"]["files_signature"]
     assert rebuilt["sha256"] != made["dataset"]["files_signature"]["sha256"]
     assert rebuilt == load_dataset("imagefolder", images, split="test", image_size=8).files_signature()
+
+
+def test_the_extract_command_prints_the_unchecked_bank_warning_as_one_line(rgb_checkpoint, tmp_path):
+    root = image_tree(tmp_path / "data")
+    _old_style_bank(rgb_checkpoint, load(root), tmp_path / "bank")
+    extract_module._UNCHECKED_SAID.clear()
+    result = runner.invoke(app, ["extract", str(rgb_checkpoint), "--dataset", "imagefolder", "--data-root", str(root),
+                                 "--split", "train", "--layers", "H", "--out", str(tmp_path / "bank"),
+                                 "--batch-size", "4", "--image-size", "8", "--mean", "0.5,0.5,0.5",
+                                 "--std", "0.25,0.25,0.25"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "warning: " in text and "cannot be checked" in text and "UncheckedDataWarning" not in text
+    assert "reused the bank" in text
