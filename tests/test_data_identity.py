@@ -286,3 +286,32 @@ def test_the_extract_command_prints_the_unchecked_bank_warning_as_one_line(rgb_c
     text = " ".join(result.output.split())
     assert "warning: " in text and "cannot be checked" in text and "UncheckedDataWarning" not in text
     assert "reused the bank" in text
+
+
+def test_the_report_sums_up_banks_made_before_signatures_in_one_warning(tmp_path, monkeypatch):
+    from clusterprobe import save_checkpoint
+    from clusterprobe.report import ReportSettings, build_report
+
+    images = tmp_path / "images"
+    for split in ("train", "test"):
+        image_tree(images / split)
+    run = tmp_path / "runs" / "resa"
+    for epoch in (1, 2):
+        save_checkpoint(run / "checkpoints" / f"epoch_000{epoch}.pt", tiny_model(in_channels=3), epoch=epoch,
+                        method="resa", dataset="imagefolder", run="resa")
+    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: 8\n")
+    settings = ReportSettings(metric_overrides={"seeds": 1, "metrics": "nmi"}, umap=False, layers=("H",),
+                              per_class=False, pixels=False)
+    plain = extract_module._dataset_description
+    with monkeypatch.context() as patch:  # banks as versions before signatures wrote them
+        patch.setattr(extract_module, "_dataset_description",
+                      lambda d: {k: v for k, v in plain(d).items() if k != "files_signature"})
+        build_report(tmp_path / "runs", settings=settings, progress=False)
+    extract_module._UNCHECKED_SAID.clear()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        result = build_report(tmp_path / "runs", settings=settings, progress=False)
+    assert not [w for w in said if issubclass(w.category, UncheckedDataWarning)]
+    lines = [w for w in result.warnings if "made before banks recorded their data files" in w]
+    assert len(lines) == 1 and "the banks of epochs 1, 2 were made" in lines[0], result.warnings
+    assert str(run / "features") in lines[0]

@@ -34,7 +34,7 @@ from ..bank import FeatureBank, bank_dtype
 from ..devices import check_device_name, resolve_device
 from ..errors import (CheckpointError, ClusterprobeError, DatasetError, DeviceError, FeatureBankError, LayerError,
                       MetricsError, OutputPathError, ReportError, UnsafeCheckpointError, closest_name)
-from ..extract import extract_features
+from ..extract import UncheckedDataWarning, extract_features
 from ..io import atomic_write, exclusive_lock
 from ..progress import format_duration, is_terminal
 from ..runs import RunLayout
@@ -342,7 +342,7 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
     other_dataset = None if dataset_name == (run.dataset or dataset_name) else dataset_name
     layout = _layout(run, out, other_dataset, settings.branch)
     reference: tuple[int, str] | None = None
-    done_epochs, failed_epochs, test_bank = [], [], None
+    done_epochs, failed_epochs, test_bank, unchecked = [], [], None, []
     for position, epoch in enumerate(epochs):
         progress.describe(f"{run.name} epoch {epoch}")
         try:
@@ -368,11 +368,18 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
                 if lacking and settings.layers != DEFAULT_LAYERS:
                     warnings.append(f"run {run.name} has no layer {', '.join(lacking)} (its model offers "
                                     f"{offers}): reported without {'it' if len(lacking) == 1 else 'them'}")
-            banks = {split: _report_bank(
-                loaded, dataset, layout.bank_path(split, epoch), wanted,
-                batch_size=settings.batch_size, device=settings.device, progress=False, dtype=settings.dtype,
-                extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
-            ) for split, dataset in data.items()}
+            with _warnings.catch_warnings(record=True) as said:  # one summary line per run, below
+                _warnings.simplefilter("always", UncheckedDataWarning)
+                banks = {split: _report_bank(
+                    loaded, dataset, layout.bank_path(split, epoch), wanted,
+                    batch_size=settings.batch_size, device=settings.device, progress=False, dtype=settings.dtype,
+                    extra_meta={"run": run.name, "method": run.method, "epoch": epoch},
+                ) for split, dataset in data.items()}
+            for warning in said:
+                if issubclass(warning.category, UncheckedDataWarning):
+                    unchecked.append(epoch)
+                else:
+                    _warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         except ClusterprobeError as error:  # an unreadable checkpoint, a diverged one's NaN features
             warnings.append(f"run {run.name}, epoch {epoch} skipped: {_for_the_report(error, run.checkpoints[epoch], layout, data, epoch)}")
             failed_epochs.append(epoch)
@@ -381,6 +388,10 @@ def _analyse_run(run: Run, settings: ReportSettings, out: Path, data_cache: dict
             done_epochs.append(epoch)
             test_bank = banks["test"].path
             progress.advance(done=f"{run.name} epoch {epoch}: banks ready")
+    if unchecked:
+        warnings.append(f"run {run.name}: the banks of epochs {_epoch_list(sorted(set(unchecked)))} were made "
+                        f"before banks recorded their data files, so a change of the images since cannot be "
+                        f"checked; delete {layout.features_dir} to extract them again, checked")
     if not done_epochs:
         if settings.epochs is None:
             warnings.append(f"run {run.name} skipped: none of its checkpoints could be analysed "
