@@ -133,19 +133,36 @@ def gather(tensor: torch.Tensor, grad: bool = False) -> torch.Tensor:
     """Concatenate ``tensor`` (rows) from all ranks in rank order: (n, ...) -> (world * n, ...).
 
     With ``grad=True`` the result is differentiable and the gradient of every rank's loss
-    reaches the rows it came from (``torch.distributed.nn.functional.all_gather``, whose backward
-    sums the incoming gradients over ranks). All ranks must pass the same shape.
+    reaches the rows it came from (the incoming gradients are summed over ranks and each rank
+    keeps its own rows' share). All ranks must pass the same shape.
     """
     if not is_distributed():
         return tensor
     if grad:
-        from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
-        return torch.cat(differentiable_all_gather(tensor.contiguous()), dim=0)
+        return _GatherRows.apply(tensor)
     with torch.no_grad():
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows in rank order; backward: each rank's rows receive the sum over ranks of
+    the gradients of their copies (what ``torch.distributed.nn.functional.all_gather`` did; that
+    function is deprecated from torch 2.14 in favour of a private module)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 class _SumOverRanks(torch.autograd.Function):
