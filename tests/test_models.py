@@ -242,3 +242,15 @@ def test_a_module_that_runs_twice_per_forward_is_refused_at_capture():
     with torch.no_grad(), LayerCapture(model, [spec, model.resolve_layer("H")]) as capture:
         with pytest.raises(LayerError, match=r"backbone.layer1.0.relu \(2 times\)"):
             capture.run(torch.randn(2, 1, 8, 8))
+
+
+def test_cifar_stem_is_initialised_as_solo_learn_and_the_resa_code_build_it():
+    """They build torchvision's resnet18, then replace conv1 by a fresh nn.Conv2d (PyTorch's
+    default initialisation); the same seed gives the same weights here."""
+    torch.manual_seed(0)
+    ours = ResNetBackbone("resnet18", cifar_stem=True, stem_padding=2)
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    reference.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    torch.testing.assert_close(ours.conv1.weight, reference.conv1.weight, rtol=0, atol=0)
+    torch.testing.assert_close(ours.layer4[1].conv2.weight, reference.layer4[1].conv2.weight, rtol=0, atol=0)

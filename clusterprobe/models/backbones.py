@@ -81,8 +81,9 @@ class ResNetBackbone(ResNet):
             self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
             self._init_weights(zero_init_residual)
         if cifar_stem:
+            # PyTorch's default initialisation, as in solo-learn and the ReSA reference code, which
+            # replace torchvision's stem after building the model (not torchvision's kaiming_normal_)
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, stride=1, padding=stem_padding, bias=False)
-            nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
             self.maxpool = nn.Identity()
         self.out_dim = width * 8 * block.expansion
         self.fc = nn.Identity()
