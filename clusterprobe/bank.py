@@ -460,6 +460,31 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def _bank_entry(entry: Path) -> bool:
+    """Whether ``entry`` is something a feature bank folder holds: its arrays, meta.json, or a
+    hidden file (temporary writes, locks)."""
+    return entry.name == "meta.json" or entry.name.startswith(".") or (entry.suffix == ".npy" and entry.is_file())
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse to replace ``path`` unless it is a feature bank (finished or damaged) or empty:
+    ``overwrite`` replaces banks, never a file or a folder of something else that an ``--out``
+    typo named (it would be deleted)."""
+    if not path.is_dir():
+        raise OutputPathError(
+            f"{path} is a file, not a feature bank: overwrite (--overwrite) replaces feature banks "
+            "only. Choose another output directory, or remove the file yourself if it is not needed."
+        )
+    foreign = sorted(entry.name for entry in path.iterdir() if not _bank_entry(entry))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputPathError(
+            f"{path} is not a feature bank (it holds {shown}): overwrite (--overwrite) replaces "
+            "feature banks only, never other folders. Choose another output directory, or empty "
+            "it yourself if its contents are not needed."
+        )
+
+
 class BankWriter:
     """Streams rows of every layer into ``<path>.partial/`` and renames it to ``path`` at the end.
 
@@ -526,6 +551,8 @@ class BankWriter:
                 "else). Choose another output directory, or pass overwrite=True (--overwrite) "
                 "to replace it."
             )
+        if self.path.exists():
+            _check_replaceable(self.path)
         spec_file = self.partial / "writer.json"
         if self.partial.exists() and self.fingerprint is not None and spec_file.exists():
             try:

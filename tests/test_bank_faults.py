@@ -71,3 +71,27 @@ def test_writing_a_bank_below_a_file_names_the_file(tmp_path):
     with pytest.raises(OutputPathError, match="x.txt is a file, not a folder") as caught:
         FeatureBank.write(tmp_path / "x.txt" / "b", features={"H": np.zeros((3, 2), np.float32)})
     assert "not writable" not in str(caught.value) and "File exists" not in str(caught.value)
+
+
+def test_overwrite_never_deletes_a_folder_or_file_that_is_not_a_bank(tmp_path):
+    """An --out typo that names someone's data folder must not be emptied by --overwrite."""
+    from clusterprobe.errors import OutputPathError
+
+    X, y = np.ones((4, 2), dtype=np.float32), np.arange(4)
+    data = tmp_path / "my_data"
+    (data / "images").mkdir(parents=True)
+    (data / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputPathError, match=r"my_data is not a feature bank \(it holds images, notes.txt\)"):
+        FeatureBank.write(data, features={"H": X}, labels=y, overwrite=True)
+    assert (data / "notes.txt").read_text() == "keep me" and (data / "images").is_dir()
+    a_file = tmp_path / "table.csv"
+    a_file.write_text("a,b\n")
+    with pytest.raises(OutputPathError, match="table.csv is a file, not a feature bank"):
+        FeatureBank.write(a_file, features={"H": X}, labels=y, overwrite=True)
+    assert a_file.read_text() == "a,b\n"
+    # a bank (or an empty folder) is still replaced
+    bank = FeatureBank.write(tmp_path / "bank", features={"H": X}, labels=y)
+    (tmp_path / "empty").mkdir()
+    for target in (bank.path, tmp_path / "empty"):
+        again = FeatureBank.write(target, features={"H": 2 * X}, labels=y, overwrite=True)
+        np.testing.assert_array_equal(np.asarray(again["H"]), 2 * X)
