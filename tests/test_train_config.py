@@ -301,3 +301,34 @@ def test_a_relative_data_root_is_recorded_as_the_folder_trained_on(tmp_path, mon
     monkeypatch.chdir(elsewhere)
     assert load_saved_config(RunLayout(tmp_path / "runs" / "x")).data_root == str(tmp_path / "data")
     assert build_config({"out": "runs/y"}).data_root is None  # digits: no folder
+
+
+def test_residual_branches_start_at_zero_as_the_resa_reference_code_builds_them(tmp_path):
+    """winci-ai/resa_cifar: zero_init_residual=(arch != 'resnet18') with the CIFAR stem; winci-ai/resa
+    (ImageNet): always. Baselines keep torchvision's default (off). config.yaml records the choice."""
+    from clusterprobe.models.backbones import ResNetBackbone
+    from clusterprobe.trainer import build_method
+    from clusterprobe.trainer.config import load_saved_config
+    from clusterprobe.runs import RunLayout
+
+    def last_gammas(method, cifar=True, **fields):
+        heads = dict(projector_dims=[16, 8], predictor_dims=[16, 8]) if method == "byol" else dict(projector_dims=[16, 16, 8])
+        config = resolve_config(TrainConfig(method=method, out=str(tmp_path / "x"), width=4, **heads, **fields))
+        built = build_method(config, 3, cifar, 10, 5)
+        backbone = built.online.model.backbone
+        gammas = [b.bn3.weight if hasattr(b, "bn3") else b.bn2.weight for b in backbone.modules()
+                  if type(b).__name__ in ("BasicBlock", "Bottleneck")]
+        return built, torch.stack([g.abs().max() for g in gammas])
+
+    for method, backbone, cifar, zero in (("resa", "resnet18", True, False), ("resa", "resnet50", True, True),
+                                          ("resa", "resnet18", False, True), ("byol", "resnet50", True, False)):
+        built, gammas = last_gammas(method, backbone=backbone, cifar=cifar)
+        assert built.zero_init_residual is zero and bool((gammas == 0).all()) is zero, (method, backbone, cifar)
+        if built.momentum is not None:  # the momentum copy starts equal to the online network
+            for a, b in zip(built.momentum.backbone.parameters(), built.online.model.backbone.parameters()):
+                assert torch.equal(a, b)
+    built, gammas = last_gammas("byol", backbone="resnet18", zero_init_residual=True)
+    assert built.zero_init_residual and bool((gammas == 0).all())
+    run = train(TrainConfig(method="resa", dataset="digits", epochs=1, batch_size=32, width=4, limit_train=64,
+                            projector_dims=[16, 16, 8], out=str(tmp_path / "run"), progress=False))
+    assert load_saved_config(RunLayout(run)).zero_init_residual is False  # resnet18, CIFAR stem (8 px digits)

@@ -97,11 +97,16 @@ class ResNetBackbone(ResNet):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
         if zero_init_residual:
-            for module in self.modules():
-                if isinstance(module, Bottleneck) and module.bn3.weight is not None:
-                    nn.init.constant_(module.bn3.weight, 0)
-                elif isinstance(module, BasicBlock) and module.bn2.weight is not None:
-                    nn.init.constant_(module.bn2.weight, 0)
+            self.zero_init_residual()
+
+    def zero_init_residual(self) -> None:
+        """Start the last BatchNorm of every residual branch at zero (torchvision's
+        ``zero_init_residual``: each block begins as the identity)."""
+        for module in self.modules():
+            if isinstance(module, Bottleneck) and module.bn3.weight is not None:
+                nn.init.constant_(module.bn3.weight, 0)
+            elif isinstance(module, BasicBlock) and module.bn2.weight is not None:
+                nn.init.constant_(module.bn2.weight, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, out_dim)
         return super().forward(x)

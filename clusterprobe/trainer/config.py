@@ -99,6 +99,9 @@ class TrainConfig:
     Model: ``backbone`` (resnet18/34/50), ``width`` (first-stage channels, 64 = standard),
     ``cifar_stem`` (None: on for images <= 64 px), ``stem_padding`` (the CIFAR stem's zero
     padding: 2 as in the ReSA reference code and solo-learn; runs of earlier versions record 1),
+    ``zero_init_residual`` (start each residual branch's last BatchNorm at zero; None: as ReSA's
+    reference code does for ReSA, on except ResNet-18 with the CIFAR stem, off for the baselines;
+    it changes only the initialisation, so resuming never depends on it),
     ``projector_dims`` (hidden sizes and output size), ``projector_batch_norm``,
     ``projector_last_batch_norm``, ``predictor_dims`` (ReSA's ImageNet option: [2048, 512]).
 
@@ -139,6 +142,7 @@ class TrainConfig:
     width: int = 64
     cifar_stem: bool | None = None
     stem_padding: int = 2
+    zero_init_residual: bool | None = None
     projector_dims: list[int] | None = None
     projector_batch_norm: bool | None = None
     projector_last_batch_norm: bool | None = None

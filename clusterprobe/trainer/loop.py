@@ -300,7 +300,9 @@ def start_or_resume(config: TrainConfig, env: distributed.DistributedEnv, run: R
             if overwrite:
                 run.clear()
             run.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run.config_path)
+            # the initialisation the default chose, so config.yaml says what was done
+            save_config(dataclasses.replace(config, zero_init_residual=training.method.zero_init_residual),
+                        run.config_path)
             if config.save_init:
                 save_state(config, run, training, 0, 0, run.checkpoint_path(0))
     distributed.barrier()

@@ -88,6 +88,10 @@ class Method(nn.Module):
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch
         self.online = OnlineNetwork(SSLModel(model_config), self.build_prototypes(model_config))
+        #: whether the residual branches started at zero (recorded in a new run's config.yaml)
+        self.zero_init_residual = zero_init_residual(config, model_config)
+        if self.zero_init_residual:
+            self.online.model.backbone.zero_init_residual()
         self.momentum: SSLModel | None = None
         self.ema_schedule: CosineEMASchedule | None = None
         if self.uses_momentum:
@@ -316,6 +320,18 @@ class SwAV(Method):
 METHOD_CLASSES: dict[str, type[Method]] = {
     cls.name: cls for cls in (ReSA, SimCLR, BYOL, VICReg, SwAV, BarlowTwins)
 }
+
+
+def zero_init_residual(config: TrainConfig, model_config: ModelConfig) -> bool:
+    """Whether the residual branches' last BatchNorm starts at zero: ``config.zero_init_residual``,
+    or by default as ReSA's reference code builds its encoders (on for ResNet-34/50 on CIFAR and
+    for every ResNet at ImageNet size; off for ResNet-18 with the CIFAR stem); off for the
+    baselines (torchvision's and solo-learn's default) and ViTs."""
+    if not model_config.backbone.startswith("resnet"):
+        return False
+    if config.zero_init_residual is not None:
+        return bool(config.zero_init_residual)
+    return config.method == "resa" and not (config.backbone == "resnet18" and model_config.cifar_stem)
 
 
 def build_method(config: TrainConfig, in_channels: int, cifar_stem: bool, total_steps: int,

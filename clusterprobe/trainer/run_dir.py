@@ -115,6 +115,8 @@ class RunDirectory(RunLayout):
         if not self.config_path.exists():
             raise RunDirectoryError(f"Cannot resume from {self.path}: it has no config.yaml.")
         saved = self.saved_config()
+        if config.zero_init_residual is None:  # unspecified: the run's own (it only set the init)
+            config.zero_init_residual = saved.zero_init_residual
         # More epochs extend the run (its schedules are recomputed over the new length); fewer
         # would change the schedules of epochs already trained under the old ones.
         differences = config_differences(saved, config, ignore=(*RUNTIME_FIELDS, "epochs"))
