@@ -29,6 +29,35 @@ def cifar10():
     return root
 
 
+def make_image_folder(images: Path, size: int = 12, per_class: int = 12) -> Path:
+    """images/{train,test}/{ants,bees}/*.png: random pixels, the bees darker (seeded)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(("ants", "bees")):
+            (images / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size, 3)) // (1 + label)
+                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
+    return images
+
+
+def imagefolder_run(root: Path, images_per_class: int = 6, size: int = 12, trained_at: int = 8):
+    """An imagefolder run of ReSA: :func:`make_image_folder` in root/images and root/runs/resa
+    with one checkpoint (epoch 1, :func:`tiny_model` on RGB) and a config.yaml naming those
+    images and ``trained_at`` as the image size. Returns (images, run folder, checkpoint path)."""
+    from clusterprobe import save_checkpoint
+
+    images = make_image_folder(root / "images", size=size, per_class=images_per_class)
+    run = root / "runs" / "resa"
+    path = save_checkpoint(run / "checkpoints" / "epoch_0001.pt", tiny_model(in_channels=3), epoch=1,
+                           method="resa", dataset="imagefolder", run="resa")
+    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: {trained_at}\n")
+    return images, run, path
+
+
 def tiny_model(in_channels: int = 1, seed: int = 0, cifar_stem: bool = True, stem_padding: int = 1,
                projector=(64, 64, 32), predictor=None):
     """A narrow ResNet-18 whose BatchNorm buffers are not at their initial values."""

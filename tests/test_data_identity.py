@@ -236,22 +236,11 @@ def test_torchvision_cifar_batches_are_signed(tmp_path):
 def test_the_report_refuses_a_bank_of_regenerated_images_and_says_so(tmp_path):
     """The report reuses its banks by the same rule; it has no --overwrite, so it skips the epoch
     and says which folder to delete (then it extracts the bank again from the new files)."""
-    from clusterprobe import save_checkpoint
     from clusterprobe.errors import ReportError
     from clusterprobe.report import ReportSettings, build_report
+    from conftest import imagefolder_run
 
-    images = tmp_path / "images"
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(("ants", "bees")):
-            (images / split / name).mkdir(parents=True)
-            for i in range(8):
-                pixels = rng.integers(0, 256, size=(8, 8, 3)) // (1 + label)
-                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
-    run = tmp_path / "runs" / "resa"
-    save_checkpoint(run / "checkpoints" / "epoch_0001.pt", tiny_model(in_channels=3), epoch=1, method="resa",
-                    dataset="imagefolder", run="resa")
-    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: 8\n")
+    images, run, _ = imagefolder_run(tmp_path, images_per_class=8, size=8, trained_at=8)
     settings = ReportSettings(metric_overrides={"seeds": 1, "metrics": "nmi"}, umap=False, layers=("H",),
                               per_class=False, pixels=False)
     build_report(tmp_path / "runs", settings=settings, progress=False)

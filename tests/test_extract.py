@@ -276,23 +276,9 @@ def test_a_run_checkpoint_is_extracted_on_the_images_and_size_its_run_trained_on
     data, while the run's config.yaml says where its images are and the size it trained at (as the
     report and the training monitor use): an imagefolder run trained on 8x8 images was measured on
     its 12x12 originals."""
-    from PIL import Image
+    from conftest import imagefolder_run
 
-    from clusterprobe import save_checkpoint
-    from conftest import tiny_model
-
-    rng = np.random.default_rng(0)
-    images = tmp_path / "images"
-    for split in ("train", "test"):
-        for label, name in enumerate(("ants", "bees")):
-            (images / split / name).mkdir(parents=True)
-            for i in range(6):
-                pixels = rng.integers(0, 256, size=(12, 12, 3)) // (1 + label)
-                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
-    run = tmp_path / "runs" / "resa"
-    path = save_checkpoint(run / "checkpoints" / "epoch_0001.pt", tiny_model(in_channels=3), epoch=1,
-                           method="resa", dataset="imagefolder", run="resa")
-    (run / "config.yaml").write_text(f"method: resa\ndataset: imagefolder\ndata_root: {images}\nimage_size: 8\n")
+    images, run, path = imagefolder_run(tmp_path, images_per_class=6, size=12, trained_at=8)
     bank = extract_features(path, layers=["H"], progress=False)
     expected = extract_features(load_checkpoint(path), load_dataset("imagefolder", images, split="test", image_size=8),
                                 tmp_path / "reference", layers=["H"], progress=False)

@@ -12,7 +12,7 @@ from clusterprobe import save_checkpoint
 from clusterprobe.errors import ClusterprobeError
 from clusterprobe.report import ReportSettings, build_report
 
-from conftest import tiny_model
+from conftest import make_image_folder, tiny_model
 
 FAST = dict(metric_overrides={"seeds": 2, "metrics": "nmi,ari,silhouette,linear,knn"}, umap_max_points=300)
 
@@ -216,18 +216,6 @@ def test_the_report_device_reaches_every_metric_computation(tmp_path, monkeypatc
     build_report(tmp_path / "runs", settings=settings, progress=False)
     assert ("evaluate", "cpu") in seen and ("evaluate_arrays", "cpu") in seen  # suite and raw pixels
     assert all(device == "cpu" for _, device in seen), seen
-
-
-def make_image_folder(images, size=12, per_class=12):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(("ants", "bees")):
-            (images / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                pixels = rng.integers(0, 256, size=(size, size, 3)) // (1 + label)
-                Image.fromarray(pixels.astype(np.uint8)).save(images / split / name / f"{i}.png")
 
 
 def make_imagefolder_run(run, images, image_size, method="resa"):
