@@ -572,10 +572,13 @@ def test_demo_config_resolves():
 @pytest.mark.slow
 def test_resa_on_cifar10_subset_learns(tmp_path, one_thread, cifar10):
     # lr 0.5 (was 1.0 with the padding-1 stem): with the padding-2 stem, lr 1.0 for 4 epochs left the
-    # kNN accuracy at its initial level (0.175 -> 0.172); lr 0.5 gives 0.175 -> 0.203 (CPU, deterministic)
+    # kNN accuracy at its initial level. EMA start 0.9: the monitor measures the momentum encoder,
+    # a product of the EMA rates, which 0.99 leaves mostly at its initialisation over so few steps.
+    # 8 epochs: with the stem's default initialisation the random network is stronger (0.220), and
+    # 4 epochs gained 0.018 only; 8 give 0.220 -> 0.272 (CPU, one thread, deterministic)
     config = TrainConfig(method="resa", dataset="cifar10", data_root=str(cifar10), limit_train=2560,
-                         epochs=4, batch_size=128, width=8, projector_dims=[256, 256, 128], lr=0.5,
-                         ema_base=0.99, out=str(tmp_path / "cifar"), progress=False, monitor_every=4,
+                         epochs=8, batch_size=128, width=8, projector_dims=[256, 256, 128], lr=0.5,
+                         ema_base=0.9, out=str(tmp_path / "cifar"), progress=False, monitor_every=8,
                          monitor_bank_size=2000, monitor_query_size=1000)
     run = train(config)
     losses = [float(r["loss"]) for r in read_csv(run / "epochs.csv")]
@@ -587,7 +590,7 @@ def test_resa_on_cifar10_subset_learns(tmp_path, one_thread, cifar10):
     initial = load_checkpoint(run / "checkpoints" / "epoch_0000.pt").model
     before = monitor_accuracy(initial.backbone, bank, queries, torch.device("cpu"))
     after = float(read_csv(run / "epochs.csv")[-1]["knn_acc"])
-    assert after > before + 0.02, (before, after)
+    assert after > before + 0.03, (before, after)
 
 
 def test_views_do_not_depend_on_workers_or_rng_state():
